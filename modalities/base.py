@@ -1,0 +1,149 @@
+"""The modality contract: load -> validate -> preprocess -> encode, and its registry.
+
+Adding a modality means one new file with one ``@register_modality("name")`` class and a
+line in ``modalities/__init__.py`` (``EXPECTED_MODALITIES``), which a test checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from modalities.errors import UnknownNameError
+
+
+@dataclass
+class Tokens:
+    """What every encoder returns: ``values`` (B, N, D) and a bool ``mask`` (B, N), True = real."""
+
+    values: torch.Tensor
+    mask: torch.Tensor
+
+    def pooled(self) -> torch.Tensor:
+        """Masked mean over tokens -> (B, D); rows with no valid token give zeros."""
+        m = self.mask.unsqueeze(-1).to(self.values.dtype)
+        return (self.values * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class Spec(BaseModel):
+    """Preprocessing spec of a modality. Hashed into cache keys and saved with models."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EncoderConfig(BaseModel):
+    """Encoder settings of a modality (not part of the cache key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+CachedValue = np.ndarray | str
+
+
+class Modality(ABC):
+    """One input type. Subclasses set ``Spec``/``EncoderSpec`` and implement the four steps.
+
+    ``version`` is bumped whenever preprocessing output changes, invalidating cache keys.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # "volume", "text", "audio", "image", "tabular"
+    version: ClassVar[int] = 1
+    Spec: ClassVar[type[Spec]] = Spec
+    EncoderSpec: ClassVar[type[EncoderConfig]] = EncoderConfig
+
+    def __init__(
+        self,
+        spec: Spec | dict[str, Any] | None = None,
+        encoder: EncoderConfig | dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.instance_name = name or self.name
+        self.spec = spec if isinstance(spec, self.Spec) else self.Spec.model_validate(spec or {})
+        self.encoder_config = (
+            encoder
+            if isinstance(encoder, self.EncoderSpec)
+            else self.EncoderSpec.model_validate(encoder or {})
+        )
+
+    def spec_hash(self) -> str:
+        """Stable hash of (modality type, preprocessing version, spec)."""
+        payload = json.dumps(
+            {"type": self.name, "version": self.version, "spec": self.spec.model_dump(mode="json")},
+            sort_keys=True,
+        )
+        return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+    def cache_key(self, content_hash: str) -> str:
+        """Content-addressed key: what the input is plus how it is preprocessed."""
+        return hashlib.blake2b(
+            f"{self.spec_hash()}:{content_hash}".encode(), digest_size=20
+        ).hexdigest()
+
+    @abstractmethod
+    def content_hash(self, source: Path | str) -> str:
+        """Hash of the input's content (cheap to recompute; may use a stat-keyed memo)."""
+
+    @abstractmethod
+    def load(self, source: Path | str) -> Any:
+        """Read and validate one input; raise ``InputRejected`` with a reason code."""
+
+    @abstractmethod
+    def preprocess(self, raw: Any) -> CachedValue:
+        """Turn a loaded input into what the cache stores (array or de-identified text)."""
+
+    @abstractmethod
+    def collate(self, items: list[CachedValue]) -> dict[str, torch.Tensor]:
+        """Batch cached values into the keyword inputs of ``encoder()``'s forward."""
+
+    @abstractmethod
+    def encoder(self) -> nn.Module:
+        """Build the encoder: ``forward(**collate(items)) -> Tokens``."""
+
+
+_REGISTRY: dict[str, type[Modality]] = {}
+
+
+def register_modality(name: str):
+    """Class decorator adding a modality under ``name``; a duplicate name is a bug."""
+
+    def deco(cls: type[Modality]) -> type[Modality]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise RuntimeError(f"modality {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def modality_names() -> list[str]:
+    """Names of all registered modalities, sorted."""
+    return sorted(_REGISTRY)
+
+
+def modality_class(name: str) -> type[Modality]:
+    """Look a modality class up by name, listing valid names if unknown."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownNameError("modality", name, list(_REGISTRY)) from None
+
+
+def create_modality(
+    name: str,
+    spec: dict[str, Any] | None = None,
+    encoder: dict[str, Any] | None = None,
+    type: str | None = None,
+) -> Modality:
+    """Instantiate modality ``type`` (default ``name``) under instance name ``name``."""
+    return modality_class(type or name)(spec=spec, encoder=encoder, name=name)
