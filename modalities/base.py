@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from modalities.errors import UnknownNameError
+from modalities.paths import SeriesRef, resolve_under_root
 
 
 @dataclass
@@ -88,6 +89,10 @@ class Modality(ABC):
         return hashlib.blake2b(
             f"{self.spec_hash()}:{content_hash}".encode(), digest_size=20
         ).hexdigest()
+
+    def resolve(self, value: str, root: Path, ref: str) -> Path | SeriesRef | str:
+        """Turn a manifest cell into a source; default: a path under the data root."""
+        return resolve_under_root(value, root, ref)
 
     @abstractmethod
     def content_hash(self, source: Path | str) -> str:

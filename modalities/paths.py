@@ -79,12 +79,10 @@ def stat_fingerprint(source: Path | SeriesRef, salt: str = "") -> str:
     return h.hexdigest()
 
 
-def safe_reference(value: str, raw_id: str, pseudonym: str, row: int, column: str) -> str:
-    """Name an input without PHI: row, column and the path with the raw ID replaced.
+def safe_reference(row: int, column: str) -> str:
+    """Name an input without PHI: its manifest row and column.
 
-    The series UID selector is dropped (UIDs are identifiers too).
+    Paths are left out on purpose: hospital exports often name folders after MRNs or
+    patient names. The data team holds the manifest, so row + column locates the file.
     """
-    path_part = value.partition("#")[0] if "\n" not in value and len(value) < 4096 else "<text>"
-    if raw_id:
-        path_part = path_part.replace(raw_id, pseudonym)
-    return f"row {row} {column}: {path_part}"
+    return f"manifest row {row}, column {column!r}"
