@@ -1,0 +1,269 @@
+"""Ingest domain logic: manifest rows -> cached, validated, pseudonymized inputs.
+
+``plan_ingest`` splits the manifest into chunks of row numbers (what Prefect tasks pass
+around: no patient data), ``ingest_rows`` processes one chunk, and ``write_prepared``
+writes ``cohort.parquet`` and ``quarantine.parquet`` atomically. Every non-empty modality
+cell of the manifest ends as exactly one accepted or one quarantined input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from modalities.base import Modality
+from modalities.cache import TensorCache, atomic_write
+from modalities.cohort import (
+    CohortConfig,
+    check_manifest_columns,
+    parse_labels,
+    parse_split,
+    read_manifest,
+)
+from modalities.errors import InputRejected, ReasonCode
+from modalities.paths import SeriesRef, safe_reference, stat_fingerprint
+from modalities.pseudonym import Pseudonymizer
+
+log = logging.getLogger("clinfuse.ingest")
+
+STATUS_OK, STATUS_MISSING, STATUS_QUARANTINED = "ok", "missing", "quarantined"
+QUARANTINE_COLUMNS = ["patient", "modality", "source", "code", "message"]
+
+
+@dataclass
+class PatientOutcome:
+    """What one manifest row became; holds pseudonyms and reason codes only."""
+
+    row: dict[str, Any]
+    quarantine: list[dict[str, str]] = field(default_factory=list)
+    inputs: int = 0
+    computed: int = 0  # inputs preprocessed this run (cache misses)
+
+
+@dataclass
+class IngestPlan:
+    """Row-number chunks plus the rows whose patient ID appears more than once."""
+
+    chunks: list[list[int]]
+    duplicate_rows: dict[int, list[int]]  # row -> all rows sharing its patient ID
+    rows: int
+
+
+@lru_cache(maxsize=4)
+def _manifest(path: str, mtime_ns: int) -> pd.DataFrame:
+    return read_manifest(Path(path))
+
+
+def load_manifest(path: Path) -> pd.DataFrame:
+    """Read the manifest once per process (keyed by mtime, so edits are seen)."""
+    path = Path(path).resolve()
+    return _manifest(str(path), path.stat().st_mtime_ns)
+
+
+def plan_ingest(manifest: Path, cfg: CohortConfig, chunk_size: int = 4) -> IngestPlan:
+    """Validate the manifest's columns and cut its rows into chunks for parallel tasks."""
+    df = load_manifest(manifest)
+    check_manifest_columns(df, cfg, manifest)
+    groups: dict[str, list[int]] = {}
+    for i, pid in enumerate(df[cfg.id_column]):
+        groups.setdefault(pid, []).append(i)
+    dups = {i: rows for rows in groups.values() if len(rows) > 1 for i in rows}
+    n = len(df)
+    chunks = [list(range(s, min(s + chunk_size, n))) for s in range(0, n, max(1, chunk_size))]
+    return IngestPlan(chunks=chunks, duplicate_rows=dups, rows=n)
+
+
+def _content_hash(mod: Modality, source: Path | SeriesRef | str, cache: TensorCache) -> str:
+    """Hash an input's content, memoized by its files' stat fingerprint (cheap re-runs)."""
+    if isinstance(source, str):  # inline text: hashing is as cheap as a memo lookup
+        return mod.content_hash(source)
+    fp = stat_fingerprint(source, salt=mod.name)
+    cached = cache.memo_get(fp)
+    if cached is None:
+        cached = mod.content_hash(source)
+        cache.memo_put(fp, cached)
+    return cached
+
+
+def ingest_input(
+    mod: Modality, value: str, root: Path, cache: TensorCache, ref: str
+) -> tuple[str, bool]:
+    """Resolve, hash, load, validate and preprocess one input into the cache.
+
+    Returns ``(cache_key, computed)``; raises ``InputRejected`` naming ``ref``. A rejection
+    is cached under the content key, so unchanged bad files are not re-read either.
+    """
+    try:
+        source = mod.resolve(value, root, ref)
+        key = mod.cache_key(_content_hash(mod, source, cache))
+        if cache.has(mod.name, key):
+            return key, False
+        rejected = cache.get_rejection(mod.name, key)
+        if rejected is not None:
+            raise rejected
+        try:
+            cache.put(mod.name, key, mod.preprocess(mod.load(source)))
+        except InputRejected as err:
+            cache.put_rejection(mod.name, key, err)
+            raise
+        return key, True
+    except InputRejected as err:
+        raise err.with_source(ref) from None
+    except OSError as err:  # permission denied, vanished file, I/O error
+        raise InputRejected(
+            ReasonCode.UNREADABLE,
+            f"could not read the input ({type(err).__name__}); check permissions and storage",
+            ref,
+        ) from None
+
+
+def ingest_patient(
+    row_no: int,
+    row: pd.Series,
+    cfg: CohortConfig,
+    mods: dict[str, Modality],
+    root: Path,
+    cache: TensorCache,
+    pseudo: Pseudonymizer,
+    duplicates: list[int] | None = None,
+) -> PatientOutcome:
+    """Process one manifest row: labels, split, then every modality cell independently."""
+    patient = pseudo(row[cfg.id_column])
+    cells = {m: row.get(cfg.column(m), "") for m in sorted(mods)}
+    given = [m for m, v in cells.items() if v != ""]
+    out = PatientOutcome(row={"patient": patient}, inputs=len(given))
+
+    def quarantine(m: str, err: InputRejected) -> None:
+        out.quarantine.append(
+            {
+                "patient": patient,
+                "modality": m,
+                "source": err.source or safe_reference(row_no, cfg.column(m)),
+                "code": str(err.code),
+                "message": err.message,
+            }
+        )
+
+    # Patient-level problems reject every input of the row (counts still reconcile).
+    try:
+        if duplicates:
+            others = [r for r in duplicates if r != row_no]
+            raise InputRejected(
+                ReasonCode.DUPLICATE_PATIENT,
+                f"the same patient ID is on manifest rows {sorted([row_no, *others])}; keep one "
+                "row per patient (merge the inputs) and re-run",
+            )
+        labels = parse_labels(row, cfg)
+        split = parse_split(row, cfg)
+    except InputRejected as err:
+        for m in given:
+            quarantine(m, err.with_source(safe_reference(row_no, cfg.column(m))))
+        return out  # out.row stays minimal: the patient is not in the cohort
+    out.row.update(_label_columns(labels, cfg), split=split, excluded=False)
+
+    for m in sorted(mods):
+        if cells[m] == "":
+            out.row[f"{m}_status"], out.row[f"{m}_key"] = STATUS_MISSING, None
+            continue
+        ref = safe_reference(row_no, cfg.column(m))
+        try:
+            key, computed = ingest_input(mods[m], cells[m], root, cache, ref)
+            out.row[f"{m}_status"], out.row[f"{m}_key"] = STATUS_OK, key
+            out.computed += computed
+        except InputRejected as err:
+            out.row[f"{m}_status"], out.row[f"{m}_key"] = STATUS_QUARANTINED, None
+            quarantine(m, err)
+    statuses = [out.row[f"{m}_status"] for m in mods]
+    required_missing = any(
+        cfg.modalities[m].required and out.row[f"{m}_status"] != STATUS_OK for m in mods
+    )
+    out.row["excluded"] = (
+        required_missing
+        or STATUS_OK not in statuses
+        or (cfg.on_bad_input == "drop_patient" and STATUS_QUARANTINED in statuses)
+    )
+    return out
+
+
+def _label_columns(labels: list[float] | None, cfg: CohortConfig) -> dict[str, float | None]:
+    if labels is None:
+        return dict.fromkeys(cfg.labels)
+    return dict(zip(cfg.labels, labels, strict=True))
+
+
+def ingest_rows(
+    manifest: Path,
+    rows: list[int],
+    cfg: CohortConfig,
+    root: Path,
+    out_dir: Path,
+    duplicate_rows: dict[int, list[int]],
+    allow_demo_key: bool = False,
+) -> list[PatientOutcome]:
+    """Process a chunk of manifest rows (one Prefect task); never raises for bad input."""
+    df = load_manifest(manifest)
+    mods = cfg.build()
+    cache = TensorCache(Path(out_dir) / "cache")
+    pseudo = Pseudonymizer.from_env(allow_demo=allow_demo_key)
+    return [
+        ingest_patient(
+            i, df.iloc[i], cfg, mods, Path(root), cache, pseudo, duplicate_rows.get(i)
+        )
+        for i in rows
+    ]
+
+
+def summarize(outcomes: list[PatientOutcome]) -> dict[str, Any]:
+    """``{"inputs", "accepted", "quarantined", "reasons", ...}`` over all outcomes."""
+    inputs = sum(o.inputs for o in outcomes)
+    quarantined = sum(len(o.quarantine) for o in outcomes)
+    reasons = Counter(q["code"] for o in outcomes for q in o.quarantine)
+    return {
+        "inputs": inputs,
+        "accepted": inputs - quarantined,
+        "quarantined": quarantined,
+        "reasons": dict(sorted(reasons.items())),
+        "patients": sum(1 for o in outcomes if "excluded" in o.row),
+        "computed": sum(o.computed for o in outcomes),
+        "cached": inputs - quarantined - sum(o.computed for o in outcomes),
+    }
+
+
+def write_prepared(
+    out_dir: Path, outcomes: list[PatientOutcome], cfg: CohortConfig, key_id: str
+) -> dict[str, Any]:
+    """Write cohort.parquet, quarantine.parquet and prepared.json atomically; return summary."""
+    out_dir = Path(out_dir)
+    mods = sorted(cfg.modalities)
+    cols = ["patient", *cfg.labels, "split", "excluded"]
+    cols += [c for m in mods for c in (f"{m}_status", f"{m}_key")]
+    cohort = pd.DataFrame([o.row for o in outcomes if "excluded" in o.row], columns=cols)
+    cohort = cohort.astype({"split": "string", "excluded": "bool"})
+    for m in mods:
+        cohort = cohort.astype({f"{m}_status": "string", f"{m}_key": "string"})
+    for lab in cfg.labels:
+        cohort[lab] = pd.to_numeric(cohort[lab]).astype("float64")
+    quarantine = pd.DataFrame(
+        [q for o in outcomes for q in o.quarantine], columns=QUARANTINE_COLUMNS
+    ).astype("string")
+    built = cfg.build()
+    meta = {
+        "format": 1,
+        "cohort": cfg.model_dump(mode="json"),
+        "spec_hashes": {m: built[m].spec_hash() for m in mods},
+        "pseudonym_key_id": key_id,
+        "summary": summarize(outcomes),
+    }
+    atomic_write(out_dir / "cohort.parquet", lambda p: cohort.to_parquet(p, index=False))
+    atomic_write(out_dir / "quarantine.parquet", lambda p: quarantine.to_parquet(p, index=False))
+    atomic_write(
+        out_dir / "prepared.json", lambda p: p.write_text(json.dumps(meta, indent=2))
+    )
+    return meta["summary"]

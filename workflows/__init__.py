@@ -1,0 +1,1 @@
+"""Prefect flows and the CLI: orchestration only; the domain logic lives in the packages."""

@@ -1,0 +1,121 @@
+"""Typed configuration: one small YAML per named recipe, CLI ``--set key=value`` overrides.
+
+``load_config("tiny")`` reads ``configs/tiny.yaml``; a path to a YAML file works too. A
+recipe may name a ``base`` recipe it extends. Values from ``--set`` are parsed as YAML
+scalars (``train.lr=3e-4``, ``cohort.modalities.ct.spec.size=[32,32,32]``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modalities.cohort import CohortConfig
+from modalities.errors import ConfigError
+
+CONFIG_DIRS = [
+    Path(__file__).resolve().parents[1] / "configs",
+    Path(sys.prefix) / "share" / "clinfuse" / "configs",
+]
+
+
+class IngestSettings(BaseModel):
+    """How ingest runs: chunking and parallelism (not what it computes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chunk_size: int = Field(4, ge=1)
+    workers: int = Field(2, ge=1)
+    dask_address: str | None = None  # "local" for a LocalCluster, or tcp://host:8786
+
+
+class Config(BaseModel):
+    """The resolved configuration of a run (logged with it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "custom"
+    cohort: CohortConfig
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    score: dict[str, Any] = Field(default_factory=dict)
+
+
+def available_configs() -> list[str]:
+    """Names of the shipped recipes."""
+    return sorted({p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+
+
+def _find(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    for d in CONFIG_DIRS:
+        if (d / f"{name_or_path}.yaml").is_file():
+            return d / f"{name_or_path}.yaml"
+    raise ConfigError(
+        f"unknown config {name_or_path!r}; valid names: {', '.join(available_configs())} "
+        "(or pass a path to a .yaml file)"
+    )
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = _find(name_or_path)
+    if str(path) in seen:
+        raise ConfigError(f"config {path} extends itself through 'base'")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    base = data.pop("base", None)
+    data.setdefault("name", path.stem)
+    return _merge(_read(base, (*seen, str(path))), data) if base else data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars/lists)."""
+    data = _merge({}, data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: value is not valid YAML") from None
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[leaf] = value
+    return data
+
+
+def load_config(name_or_path: str = "default", overrides: list[str] | None = None) -> Config:
+    """Read a recipe, apply overrides, validate; errors name the bad key."""
+    data = apply_overrides(_read(name_or_path), overrides or [])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        lines = [
+            f"  {'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
+        ]
+        raise ConfigError(f"config {name_or_path!r} is invalid:\n" + "\n".join(lines)) from None
