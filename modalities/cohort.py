@@ -61,8 +61,6 @@ class CohortConfig(BaseModel):
 
     def build(self) -> dict[str, Modality]:
         """Instantiate every modality by registered type (unknown names list valid ones)."""
-        import modalities  # noqa: F401  (registers all modality types)
-
         out: dict[str, Modality] = {}
         for name in sorted(self.modalities):
             e = self.modalities[name]
