@@ -1,0 +1,573 @@
+"""Reading one DICOM series into a validated ``Volume`` (float32 array + RAS affine).
+
+MONAI's ``LoadImage`` is not used here: on a folder it silently averages uneven slice gaps
+(see FACTS.md), so a series with a missing slice comes back with wrong geometry and no
+warning. This reader validates the geometry itself, from headers only, before decoding any
+pixel data:
+
+1. headers (``stop_before_pixels``) of every file; non-DICOM files in a folder are skipped;
+2. one series (or the one a ``SeriesRef`` selects), of an allowed DICOM Modality;
+3. same orientation, matrix and pixel spacing on every slice;
+4. slices sorted along the slice normal; gaps compared to the median gap (missing slices,
+   uneven or duplicate positions are rejected, or resampled onto a uniform grid on request);
+5. pixel data decoded in a small thread pool, rescaled to float32 (HU for CT).
+
+Error messages never contain header values, file names or paths (they can carry PHI); the
+caller attaches a sanitized source reference with ``InputRejected.with_source``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from modalities.errors import InputRejected, ReasonCode
+from modalities.paths import SeriesRef, source_files
+
+# Direction cosines from different slices of one series agree to ~1e-6 in practice; 1e-3
+# (~0.06 degrees) tolerates rounding in the DS strings but not a re-oriented acquisition.
+ORIENTATION_TOLERANCE = 1e-3
+# Relative tolerance when comparing PixelSpacing between slices.
+PIXEL_SPACING_RTOL = 1e-3
+DEFAULT_DECODE_WORKERS = 2
+
+SpacingPolicy = Literal["reject", "resample"]
+
+
+@dataclass
+class Volume:
+    """A scalar 3D image: ``array`` (X, Y, Z) float32 and ``affine`` voxel index -> RAS+ mm.
+
+    Axis order follows NIfTI/nibabel: i = DICOM column, j = DICOM row, k = slice.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along i, j, k (norms of the affine's columns)."""
+        s = np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0)
+        return (float(s[0]), float(s[1]), float(s[2]))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+
+@dataclass
+class _SliceHeader:
+    """What the reader needs from one file's header (no pixel data)."""
+
+    path: Path
+    series_uid: str
+    modality: str
+    rows: int
+    columns: int
+    frames: int
+    pixel_spacing: tuple[float, float] | None
+    orientation: np.ndarray | None  # (6,) row then column direction cosines
+    position: np.ndarray | None  # (3,) ImagePositionPatient, LPS mm
+    thickness: float | None  # SpacingBetweenSlices, else SliceThickness
+
+
+class _DropHeaderValueLogs(logging.Filter):
+    """Drops pydicom's "Invalid value for VR" log records: they quote the header value (PHI)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Invalid value for VR" not in record.getMessage()
+
+
+_QUIET = False
+
+
+def quiet_dicom_logs() -> None:
+    """Install, once, filters that keep header values and MONAI's codec noise out of logs.
+
+    MONAI's PydicomReader logs "nvImageCodec is not available" on every call; pydicom logs
+    invalid header values verbatim, which may be a name or a birth date.
+    """
+    global _QUIET
+    if _QUIET:
+        return
+    logging.getLogger("pydicom").addFilter(_DropHeaderValueLogs())
+    nv_filter = _MessageFilter("nvImageCodec is not available")
+    for name in ("monai.data.nvimgcodec_pydicom_plugin", "monai.data.image_reader"):
+        logging.getLogger(name).addFilter(nv_filter)
+    warnings.filterwarnings("ignore", message=".*nvImageCodec is not available.*")
+    _QUIET = True
+
+
+class _MessageFilter(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    """``value`` as ``n`` finite floats, or None when absent or malformed."""
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) and f > 0 else None
+
+
+def _read_header(path: Path) -> _SliceHeader | None:
+    """Parse one file's header; None if it is not a DICOM Part-10 file.
+
+    Files without the 128-byte preamble and "DICM" prefix (e.g. pydicom's ``no_meta.dcm``)
+    count as not DICOM: reading them with ``force=True`` turns arbitrary files into garbage.
+    """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        return None
+    except Exception as exc:  # pydicom raises many types on corrupt headers
+        raise InputRejected(
+            ReasonCode.UNREADABLE,
+            f"a DICOM file's header cannot be parsed ({type(exc).__name__}); re-export the "
+            "series from the PACS or remove the damaged file",
+        ) from None
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError):
+        raise InputRejected(
+            ReasonCode.UNREADABLE,
+            "a DICOM file has a malformed image attribute (NumberOfFrames, Rows or Columns "
+            "is not an integer); re-export the series",
+        ) from None
+    thickness = _float(ds.get("SpacingBetweenSlices")) or _float(ds.get("SliceThickness"))
+    iop = _floats(ds.get("ImageOrientationPatient"), 6)
+    ipp = _floats(ds.get("ImagePositionPatient"), 3)
+    return _SliceHeader(
+        path=path,
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        modality=str(ds.get("Modality", "") or "").strip().upper(),
+        rows=rows,
+        columns=columns,
+        frames=frames,
+        pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+        orientation=None if iop is None else np.asarray(iop, dtype=np.float64),
+        position=None if ipp is None else np.asarray(ipp, dtype=np.float64),
+        thickness=thickness,
+    )
+
+
+def _as_source(source: Path | str | SeriesRef) -> Path | SeriesRef:
+    src = source if isinstance(source, SeriesRef) else Path(source)
+    base = src.folder if isinstance(src, SeriesRef) else src
+    if not base.exists():
+        raise InputRejected(
+            ReasonCode.MISSING_FILE, "file or folder does not exist; fix the manifest entry"
+        )
+    if isinstance(src, SeriesRef) and not base.is_dir():
+        raise InputRejected(ReasonCode.UNSUPPORTED_FORMAT, "a '#series' selector needs a folder")
+    return src
+
+
+def read_series_headers(source: Path | str | SeriesRef) -> list[_SliceHeader]:
+    """Headers of the image files of one series, unsorted and not yet geometry-checked.
+
+    Raises NOT_DICOM (no DICOM file), UNSUPPORTED_FORMAT (DICOM but no image), or
+    MULTIPLE_SERIES (several series and no selector).
+    """
+    quiet_dicom_logs()
+    src = _as_source(source)
+    headers: list[_SliceHeader] = []
+    with warnings.catch_warnings():
+        # pydicom warns with the offending header value in the text: keep it out of logs.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+        for path in source_files(src):
+            header = _read_header(path)
+            if header is not None:
+                headers.append(header)
+    if not headers:
+        raise InputRejected(
+            ReasonCode.NOT_DICOM,
+            "no DICOM Part-10 file found (files need the 'DICM' header); point the manifest "
+            "at a DICOM series folder or a NIfTI file (.nii/.nii.gz)",
+        )
+    # DICOMDIR, structured reports and other image-less objects can sit beside a series.
+    images = [h for h in headers if h.rows > 0 and h.columns > 0]
+    if not images:
+        raise InputRejected(
+            ReasonCode.UNSUPPORTED_FORMAT,
+            "the DICOM file(s) hold no image (no Rows/Columns); point at an image series",
+        )
+    if isinstance(src, SeriesRef):
+        images = [h for h in images if h.series_uid == src.series_uid]
+        if not images:
+            raise InputRejected(
+                ReasonCode.MISSING_FILE,
+                "no image of the selected series is in this folder; check the '#series' "
+                "selector of the manifest entry",
+            )
+    else:
+        n_series = len({h.series_uid for h in images})
+        if n_series > 1:
+            raise InputRejected(
+                ReasonCode.MULTIPLE_SERIES,
+                f"the folder holds {n_series} DICOM series; pick one with 'folder#"
+                "<SeriesInstanceUID>' in the manifest or split the folder",
+            )
+    return images
+
+
+def series_files(source: Path | str | SeriesRef) -> list[Path]:
+    """Files of the one series ``source`` names, sorted by path (used for content hashes)."""
+    return sorted(h.path for h in read_series_headers(source))
+
+
+def _check_headers(
+    headers: list[_SliceHeader], modalities: Sequence[str] | None, min_slices: int
+) -> None:
+    allowed = {m.upper() for m in modalities or ()}
+    if allowed:
+        found = {h.modality for h in headers}
+        if not found <= allowed:
+            # The modality is a coded value (CT, MR, ...), not PHI; it tells the user what to do.
+            got = ", ".join(sorted(m or "<none>" for m in found))
+            raise InputRejected(
+                ReasonCode.WRONG_MODALITY,
+                f"DICOM Modality is {got} but this input expects {', '.join(sorted(allowed))}; "
+                "check the manifest column",
+            )
+    if any(h.frames != 1 for h in headers):
+        raise InputRejected(
+            ReasonCode.UNSUPPORTED_FORMAT,
+            "multi-frame DICOM is not supported; convert the series to NIfTI (e.g. dcm2niix)",
+        )
+    if len(headers) < min_slices:
+        raise InputRejected(
+            ReasonCode.TOO_FEW_SLICES,
+            f"series has {len(headers)} slice(s), at least {min_slices} are needed; check "
+            "that the whole series was exported, or lower min_slices in the spec",
+        )
+    missing = [
+        name
+        for name, ok in (
+            ("ImageOrientationPatient", all(h.orientation is not None for h in headers)),
+            ("ImagePositionPatient", all(h.position is not None for h in headers)),
+            ("PixelSpacing", all(h.pixel_spacing is not None for h in headers)),
+        )
+        if not ok
+    ]
+    if missing:
+        raise InputRejected(
+            ReasonCode.UNSUPPORTED_FORMAT,
+            f"slices lack {', '.join(missing)}, so they cannot be placed in space; "
+            "export the original images, not secondary captures",
+        )
+    ref = headers[0]
+    for h in headers[1:]:
+        if not np.allclose(h.orientation, ref.orientation, atol=ORIENTATION_TOLERANCE):
+            raise InputRejected(
+                ReasonCode.INCONSISTENT_ORIENTATION,
+                "slices of the series have different ImageOrientationPatient; the folder "
+                "mixes acquisitions: split it into one folder per orientation",
+            )
+    for h in headers[1:]:
+        if (h.rows, h.columns) != (ref.rows, ref.columns) or not np.allclose(
+            h.pixel_spacing, ref.pixel_spacing, rtol=PIXEL_SPACING_RTOL
+        ):
+            raise InputRejected(
+                ReasonCode.INCONSISTENT_SHAPE,
+                "slices of the series differ in Rows/Columns or PixelSpacing; the folder "
+                "mixes acquisitions: split it",
+            )
+
+
+@dataclass
+class _Geometry:
+    """Sorted slices and where the output slices lie (positions along the slice normal)."""
+
+    order: list[_SliceHeader]
+    positions: np.ndarray  # (n,) sorted, mm along the normal
+    targets: np.ndarray | None  # (m,) uniform output positions when resampling, else None
+    affine: np.ndarray  # 4x4 voxel -> RAS
+
+
+def _slice_step(gaps: np.ndarray, n: int, tol: float) -> tuple[float, bool]:
+    """Check slice gaps; returns (median gap, needs_resampling)."""
+    median = float(np.median(gaps))
+    if median <= 1e-3 or np.any(gaps <= max(1e-3, tol * median)):
+        raise InputRejected(
+            ReasonCode.INCONSISTENT_SPACING,
+            "two or more slices share the same position (duplicates); remove duplicate "
+            "files or split the folder",
+        )
+    uneven = False
+    for g in gaps:
+        ratio = g / median
+        if abs(ratio - 1.0) <= tol:
+            continue
+        k = round(ratio)
+        # A gap of k gaps means k-1 slices are missing. When more slices would be missing
+        # than are present, the series is not "incomplete" but covers disjoint ranges.
+        if k >= 2 and abs(ratio - k) <= tol * k and k - 1 <= n:
+            raise InputRejected(
+                ReasonCode.MISSING_SLICES,
+                f"{k - 1} slice(s) missing inside the series (a gap of {k} slice "
+                "intervals); re-export the complete series",
+            )
+        uneven = True
+    return median, uneven
+
+
+def _geometry(headers: list[_SliceHeader], tol: float, on_inconsistent: SpacingPolicy) -> _Geometry:
+    ref = headers[0]
+    assert ref.orientation is not None and ref.pixel_spacing is not None
+    row_dir, col_dir = ref.orientation[:3], ref.orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    pos = np.array([float(h.position @ normal) for h in headers])  # type: ignore[operator]
+    idx = np.argsort(pos, kind="stable")
+    order = [headers[i] for i in idx]
+    pos = pos[idx]
+    first = order[0].position
+    assert first is not None
+
+    targets = None
+    if len(order) == 1:
+        if ref.thickness is None:
+            raise InputRejected(
+                ReasonCode.INCONSISTENT_SPACING,
+                "a single-slice image needs SliceThickness or SpacingBetweenSlices to give "
+                "it a depth; export with those attributes",
+            )
+        step = normal * ref.thickness
+    else:
+        gaps = np.diff(pos)
+        median, uneven = _slice_step(gaps, len(order), tol)
+        last = order[-1].position
+        assert last is not None
+        if uneven:
+            if on_inconsistent != "resample":
+                raise InputRejected(
+                    ReasonCode.INCONSISTENT_SPACING,
+                    f"slice gaps range from {gaps.min():.3g} to {gaps.max():.3g} mm (more than "
+                    f"{tol:.0%} apart); set on_inconsistent_spacing='resample' in the spec to "
+                    "interpolate onto a uniform grid, or re-export the series",
+                )
+            m = round((pos[-1] - pos[0]) / median) + 1
+            targets = np.linspace(pos[0], pos[-1], m)
+            step = (last - first) / (m - 1)
+        else:
+            # The mean step vector keeps any in-plane drift (gantry tilt) in the affine.
+            step = (last - first) / (len(order) - 1)
+
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * ref.pixel_spacing[1]  # i runs along a row: column spacing
+    lps[:3, 1] = col_dir * ref.pixel_spacing[0]  # j runs down a column: row spacing
+    lps[:3, 2] = step
+    lps[:3, 3] = first
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM patient space is LPS
+    return _Geometry(order=order, positions=pos, targets=targets, affine=ras)
+
+
+def _decode_error(exc: Exception) -> InputRejected:
+    """Map pydicom's pixel-decoding exceptions to reason codes."""
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and (
+        "missing dependencies" in text or "does not support" in text
+    ):
+        return InputRejected(
+            ReasonCode.CODEC_UNAVAILABLE,
+            "the pixel data is compressed with a transfer syntax no installed decoder "
+            "handles; install a pydicom decoder plugin (pip install pylibjpeg "
+            "pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm) and retry",
+        )
+    return InputRejected(
+        ReasonCode.PIXEL_DECODE_FAILED,
+        f"pixel data of a slice cannot be decoded ({type(exc).__name__}: the data is "
+        "truncated or does not match the image attributes); re-export the series",
+    )
+
+
+def _decode(path: Path, rows: int, columns: int) -> np.ndarray:
+    """Read one file fully and return its pixels (columns, rows) as float32 after rescale."""
+    from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    try:
+        ds = dcmread(path)
+        if "TransferSyntaxUID" not in ds.file_meta:
+            # The dataset itself was parsed with pydicom's guess of its encoding; the pixel
+            # decoder needs the syntax spelled out, so give it the uncompressed one it matched.
+            implicit, little = ds.original_encoding
+            if not little:
+                raise ValueError("big endian dataset without transfer syntax")
+            ds.file_meta.TransferSyntaxUID = (
+                ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+            )
+        px = ds.pixel_array
+    except Exception as exc:  # decoders raise ValueError/RuntimeError/AttributeError/...
+        raise _decode_error(exc) from None
+    if px.shape != (rows, columns):
+        raise InputRejected(
+            ReasonCode.PIXEL_DECODE_FAILED,
+            "a slice decodes to a different size than its header says (colour or multi-frame "
+            "data?); export grayscale single-frame images",
+        )
+    slope = ds.get("RescaleSlope", 1.0)
+    intercept = ds.get("RescaleIntercept", 0.0)
+    try:
+        slope = float(slope if slope not in (None, "") else 1.0)
+        intercept = float(intercept if intercept not in (None, "") else 0.0)
+    except (TypeError, ValueError):
+        raise InputRejected(
+            ReasonCode.UNREADABLE,
+            "RescaleSlope/RescaleIntercept are malformed; re-export the series",
+        ) from None
+    out = px.T.astype(np.float32)
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
+    return out
+
+
+def _resample_z(stack: np.ndarray, pos: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Linearly interpolate slices at their true positions ``pos`` onto ``targets``."""
+    hi = np.clip(np.searchsorted(pos, targets, side="right"), 1, len(pos) - 1)
+    lo = hi - 1
+    w = ((targets - pos[lo]) / (pos[hi] - pos[lo])).clip(0.0, 1.0).astype(np.float32)
+    out = np.empty((*stack.shape[:2], len(targets)), dtype=np.float32)
+    for k in range(len(targets)):
+        a, b = stack[:, :, lo[k]], stack[:, :, hi[k]]
+        out[:, :, k] = a + w[k] * (b - a)
+    return out
+
+
+def read_dicom_series(
+    source: Path | str | SeriesRef,
+    *,
+    modalities: Sequence[str] | None = None,
+    min_slices: int = 1,
+    spacing_tolerance: float = 0.05,
+    on_inconsistent_spacing: SpacingPolicy = "reject",
+    workers: int = DEFAULT_DECODE_WORKERS,
+) -> Volume:
+    """Read and validate one DICOM series (a file, a folder, or a ``SeriesRef``).
+
+    ``modalities`` lists allowed DICOM Modality values (None/empty: any). Raises
+    ``InputRejected`` with a reason code for every user-fixable problem.
+    """
+    headers = read_series_headers(source)
+    _check_headers(headers, modalities, min_slices)
+    geo = _geometry(headers, spacing_tolerance, on_inconsistent_spacing)
+    rows, columns = geo.order[0].rows, geo.order[0].columns
+    stack = np.empty((columns, rows, len(geo.order)), dtype=np.float32)
+
+    def fill(k: int) -> None:
+        stack[:, :, k] = _decode(geo.order[k].path, rows, columns)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            # list() re-raises the first worker exception (an InputRejected) here.
+            list(pool.map(fill, range(len(geo.order))))
+    if not np.isfinite(stack).all():
+        raise InputRejected(
+            ReasonCode.NON_FINITE_VALUES,
+            "the image holds NaN or infinite values after rescaling; check the export",
+        )
+    if geo.targets is not None:
+        stack = _resample_z(stack, geo.positions, geo.targets)
+    return Volume(array=stack, affine=geo.affine)
+
+
+def write_dicom_series(
+    folder: Path,
+    hu: np.ndarray,
+    *,
+    pixel_spacing: tuple[float, float] = (1.0, 1.0),
+    z_positions: Sequence[float] | None = None,
+    slice_spacing: float = 1.0,
+    orientation: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    modality: str = "CT",
+    series_uid: str | None = None,
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    extra: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write ``hu`` (X, Y, Z: column, row, slice) as a single-frame DICOM series.
+
+    Slice k lies at ``origin + normal * z_positions[k]`` (default ``k * slice_spacing``), in
+    LPS mm. For synthetic test data, demos and benchmarks; ``extra`` sets more attributes.
+    Returns the written paths (``IM0001.dcm``... in slice order).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    iop = np.asarray(orientation, dtype=np.float64)
+    normal = np.cross(iop[:3], iop[3:])
+    nz = hu.shape[2]
+    zs = (
+        np.arange(nz) * slice_spacing
+        if z_positions is None
+        else np.asarray(z_positions, dtype=np.float64)
+    )
+    series_uid = series_uid or generate_uid()
+    study_uid, frame_uid = generate_uid(), generate_uid()
+    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
+    stored = np.round((np.asarray(hu, dtype=np.float64) - intercept) / slope)
+    stored = stored.clip(-32768, 32767).astype(np.int16)
+    paths = []
+    for k in range(nz):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = sop_class
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = modality
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.FrameOfReferenceUID = frame_uid
+        ds.InstanceNumber = k + 1
+        ds.ImageOrientationPatient = [float(v) for v in iop]
+        pos = np.asarray(origin, dtype=np.float64) + normal * zs[k]
+        ds.ImagePositionPatient = [round(float(v), 4) for v in pos]
+        ds.PixelSpacing = [float(pixel_spacing[0]), float(pixel_spacing[1])]
+        ds.SliceThickness = float(slice_spacing)
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1
+        ds.RescaleSlope, ds.RescaleIntercept = float(slope), float(intercept)
+        for key, value in (extra or {}).items():
+            setattr(ds, key, value)
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+        path = folder / f"IM{k + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
