@@ -1,0 +1,26 @@
+"""The model core: fusion strategies, heads, ``FusionModel`` and its factory."""
+
+from fusion.base import Fusion, FusionOutput, create_fusion, fusion_names, register_fusion
+from fusion.config import FusionConfig, HeadConfig, ModelConfig
+from fusion.heads import Head, create_head, head_names, register_head
+from fusion.model import FusionModel, build_model, drop_modalities
+from fusion.strategies import EXPECTED_FUSIONS
+
+__all__ = [
+    "EXPECTED_FUSIONS",
+    "Fusion",
+    "FusionConfig",
+    "FusionModel",
+    "FusionOutput",
+    "Head",
+    "HeadConfig",
+    "ModelConfig",
+    "build_model",
+    "create_fusion",
+    "create_head",
+    "drop_modalities",
+    "fusion_names",
+    "head_names",
+    "register_fusion",
+    "register_head",
+]

@@ -1,0 +1,269 @@
+"""Task heads, registered by name: ``binary``, ``multiclass``, ``multilabel``, ``contrastive``.
+
+A head turns a ``FusionOutput`` into ``{"logits", "loss"}``; ``loss`` is present when labels
+are given (contrastive: whenever two or more rows hold both modalities, since the pairing is
+the supervision). Adding an objective means adding a head here, never another training loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusion.base import FusionOutput, check_options, presence_matrix, present_weights
+from modalities.errors import ConfigError, UnknownNameError
+
+
+class Head(nn.Module):
+    """Base of all heads. ``modalities`` are those of the model, sorted."""
+
+    def __init__(self, d_model: int, modalities: Sequence[str]) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.modalities = sorted(modalities)
+
+    def forward(
+        self,
+        out: FusionOutput,
+        present: dict[str, torch.Tensor],
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ClassificationHead(Head):
+    """A linear layer on the fused embedding plus a loss; subclasses set ``n_out`` and loss.
+
+    Late fusion (``out.branches`` set): the same layer scores each modality's branch and the
+    logits are averaged over the modalities present in the row.
+    """
+
+    n_out: int = 1
+
+    def __init__(self, d_model: int, modalities: Sequence[str], n_out: int) -> None:
+        super().__init__(d_model, modalities)
+        self.n_out = n_out
+        self.proj = nn.Linear(d_model, n_out)
+
+    def logits(self, out: FusionOutput, present: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, n_out) logits of the fused embedding, or the present-averaged branch logits."""
+        if out.branches is None:
+            return self.proj(out.embedding)
+        names = sorted(out.branches)
+        per = torch.stack([self.proj(out.branches[m]) for m in names], 1)  # (B, M, n_out)
+        w = present_weights(presence_matrix(names, present))
+        return (per * w.unsqueeze(-1).to(per.dtype)).sum(1)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(
+        self,
+        out: FusionOutput,
+        present: dict[str, torch.Tensor],
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        logits = self.finish(self.logits(out, present))
+        result = {"logits": logits}
+        if labels is not None:
+            result["loss"] = self.loss(logits.float(), labels)
+        return result
+
+    def finish(self, logits: torch.Tensor) -> torch.Tensor:
+        """Shape the raw (B, n_out) logits (binary squeezes to (B,))."""
+        return logits
+
+
+def _weight(value: float | Sequence[float] | None, n: int, what: str) -> torch.Tensor | None:
+    """Validate an optional per-output weight list (length ``n``) into a tensor."""
+    if value is None:
+        return None
+    t = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+    if t.numel() == 1 and n > 1:
+        t = t.expand(n).clone()
+    if t.numel() != n:
+        raise ConfigError(f"{what} needs {n} value(s), got {t.numel()}; give one per output")
+    return t
+
+
+_HEADS: dict[str, type[Head]] = {}
+
+
+def register_head(name: str):
+    """Class decorator adding a head under ``name``; a duplicate name is a bug."""
+
+    def deco(cls: type[Head]) -> type[Head]:
+        if name in _HEADS and _HEADS[name] is not cls:
+            raise RuntimeError(f"head {name!r} registered twice")
+        cls.name = name
+        _HEADS[name] = cls
+        return cls
+
+    return deco
+
+
+@register_head("binary")
+class BinaryHead(ClassificationHead):
+    """One logit per row; BCE with logits, optional ``pos_weight`` for class imbalance.
+
+    Labels: (B,) 0/1 (any dtype). Logits: (B,).
+    """
+
+    def __init__(
+        self, d_model: int, modalities: Sequence[str], *, pos_weight: float | None = None
+    ) -> None:
+        super().__init__(d_model, modalities, 1)
+        self.register_buffer("pos_weight", _weight(pos_weight, 1, "pos_weight"))
+
+    def finish(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.squeeze(-1)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(
+            logits, labels.float().view_as(logits), pos_weight=self.pos_weight
+        )
+
+
+@register_head("multiclass")
+class MulticlassHead(ClassificationHead):
+    """``num_classes`` logits; cross-entropy with optional ``class_weights``.
+
+    Labels: (B,) class indices. Logits: (B, num_classes).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        modalities: Sequence[str],
+        *,
+        num_classes: int,
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        if num_classes < 2:
+            raise ConfigError(f"multiclass head needs num_classes >= 2, got {num_classes}")
+        super().__init__(d_model, modalities, num_classes)
+        self.label_smoothing = label_smoothing
+        self.register_buffer("class_weights", _weight(class_weights, num_classes, "class_weights"))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits,
+            labels.long().view(-1),
+            weight=self.class_weights,
+            label_smoothing=self.label_smoothing,
+        )
+
+
+@register_head("multilabel")
+class MultilabelHead(ClassificationHead):
+    """One logit per label; BCE with logits averaged over rows and labels.
+
+    ``labels`` (names) or ``num_labels`` sets the width; optional per-label ``pos_weight``.
+    Labels: (B, L) 0/1. Logits: (B, L).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        modalities: Sequence[str],
+        *,
+        num_labels: int | None = None,
+        labels: Sequence[str] | None = None,
+        pos_weight: float | Sequence[float] | None = None,
+    ) -> None:
+        n = len(labels) if labels is not None else num_labels
+        if not n or (labels is not None and num_labels is not None and num_labels != n):
+            raise ConfigError(
+                "multilabel head needs the label names (labels) or num_labels, and they must agree"
+            )
+        super().__init__(d_model, modalities, n)
+        self.label_names = list(labels) if labels is not None else None
+        self.register_buffer("pos_weight", _weight(pos_weight, n, "pos_weight"))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(
+            logits, labels.float().view_as(logits), pos_weight=self.pos_weight
+        )
+
+
+@register_head("contrastive")
+class ContrastiveHead(Head):
+    """CLIP-style symmetric InfoNCE between two modalities' pooled embeddings.
+
+    Uses ``out.pooled`` (pre-fusion, so neither side sees the other), projects both to a
+    shared ``proj_dim`` space, L2-normalises, and scores all pairs with a learnable
+    temperature (``logit_scale``, initialised to 1/0.07, capped at 100 as in CLIP).
+    ``logits`` (B, B): row i = modality ``pair[0]`` of sample i against ``pair[1]`` of every
+    sample. The loss uses only rows where both modalities are present; labels are ignored.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        modalities: Sequence[str],
+        *,
+        pair: Sequence[str] | None = None,
+        proj_dim: int = 128,
+        temperature: float = 0.07,
+    ) -> None:
+        super().__init__(d_model, modalities)
+        chosen = list(pair) if pair is not None else self.modalities[:2]
+        if len(chosen) != 2 or len(set(chosen)) != 2 or not set(chosen) <= set(self.modalities):
+            raise ConfigError(
+                f"contrastive head needs two distinct modalities of the model "
+                f"({', '.join(self.modalities)}) as pair, got {chosen}"
+            )
+        self.pair = (chosen[0], chosen[1])
+        self.proj = nn.ModuleDict({m: nn.Linear(d_model, proj_dim) for m in self.pair})
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    def embed(self, out: FusionOutput, name: str) -> torch.Tensor:
+        """Normalised shared-space embedding (B, proj_dim) of modality ``name``."""
+        return F.normalize(self.proj[name](out.pooled[name]).float(), dim=-1)
+
+    def forward(
+        self,
+        out: FusionOutput,
+        present: dict[str, torch.Tensor],
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        a, b = self.pair
+        za, zb = self.embed(out, a), self.embed(out, b)
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        logits = scale * za @ zb.T
+        both = present[a].bool() & present[b].bool()
+        idx = both.nonzero().squeeze(1)
+        sub = logits.index_select(0, idx).index_select(1, idx)
+        target = torch.arange(sub.shape[0], device=sub.device)
+        if sub.shape[0] >= 2:
+            loss = (F.cross_entropy(sub, target) + F.cross_entropy(sub.T, target)) / 2
+        else:  # nothing to contrast; keep the graph so the step still works
+            loss = logits.sum() * 0.0
+        return {"logits": logits, "loss": loss}
+
+
+def head_names() -> list[str]:
+    """Names of all registered heads, sorted."""
+    return sorted(_HEADS)
+
+
+def create_head(name: str, d_model: int, modalities: Sequence[str], **kw: Any) -> Head:
+    """Build head ``name``; unknown names or options raise a ``ClinfuseError``."""
+    try:
+        cls = _HEADS[name]
+    except KeyError:
+        raise UnknownNameError("head", name, list(_HEADS)) from None
+    check_options("head", name, cls, kw)
+    try:
+        return cls(d_model, modalities, **kw)
+    except TypeError as e:  # a required option (e.g. num_classes) is missing
+        raise ConfigError(f"head {name!r}: {e}; set it under head options") from None
+
+
+EXPECTED_HEADS = ["binary", "contrastive", "multiclass", "multilabel"]
