@@ -1,0 +1,269 @@
+"""3D volumes (CT, MRI): spec, NIfTI reading, MONAI preprocessing, and the shared modality base.
+
+``load`` gives a validated ``Volume`` (float32 (X, Y, Z) + RAS affine) from a NIfTI file or a
+DICOM series (``modalities.dicom``). ``preprocess`` derives everything from the spec:
+reorient to RAS, resample to ``spacing``, map intensities (HU window or z-score), centre
+crop/pad to ``size``, store as float16 (1, X, Y, Z).
+
+Resampling uses MONAI's ``Resize`` (area pooling where an axis shrinks, trilinear where it
+grows) with the output size computed from the spacing ratio, instead of ``Spacing``'s
+grid_sample, which is several times slower on CPU; ``Resize`` updates the affine, so the
+result's geometry stays right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from modalities.base import CachedValue, EncoderConfig, Modality, Spec
+from modalities.dicom import DEFAULT_DECODE_WORKERS, Volume, quiet_dicom_logs, read_dicom_series
+from modalities.errors import InputRejected, ReasonCode
+from modalities.paths import SeriesRef, source_files
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+class VolumeSpec(Spec):
+    """How a volume is preprocessed (hashed into cache keys). Axes are RAS: X, Y, Z."""
+
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    size: tuple[int, int, int] = (64, 64, 64)
+    intensity: Literal["hu_window", "zscore"] = "hu_window"
+    window: tuple[float, float] = (-1000.0, 400.0)
+    min_slices: int = Field(8, ge=1)
+    spacing_tolerance: float = Field(0.05, gt=0.0, lt=0.5)
+    on_inconsistent_spacing: Literal["reject", "resample"] = "reject"
+    dicom_modalities: tuple[str, ...] = ("CT",)
+
+    @model_validator(mode="after")
+    def _check(self) -> VolumeSpec:
+        if any(s <= 0 for s in self.spacing):
+            raise ValueError("spacing must be positive (mm)")
+        if any(n < 1 for n in self.size):
+            raise ValueError("size must be at least 1 voxel per axis")
+        if self.window[0] >= self.window[1]:
+            raise ValueError("window must be (low, high) with low < high")
+        return self
+
+
+def _nibabel() -> Any:
+    import nibabel
+
+    return nibabel
+
+
+def read_nifti(path: Path | str) -> Volume:
+    """Read a 3D NIfTI file (a 4D file with one volume is accepted) into a ``Volume``."""
+    nib = _nibabel()
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except FileNotFoundError:
+        raise InputRejected(
+            ReasonCode.MISSING_FILE, "file does not exist; fix the manifest entry"
+        ) from None
+    except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib/gzip errors...
+        raise InputRejected(
+            ReasonCode.UNREADABLE,
+            f"the NIfTI file cannot be read ({type(exc).__name__}); check that it is a "
+            "complete .nii/.nii.gz file",
+        ) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputRejected(
+            ReasonCode.UNSUPPORTED_FORMAT,
+            f"the NIfTI image has {data.ndim} dimensions (shape {data.shape}); only 3D volumes "
+            "are supported: extract one 3D volume (e.g. fslroi) first",
+        )
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputRejected(
+            ReasonCode.UNREADABLE,
+            "the NIfTI header has no usable voxel-to-world affine; fix the qform/sform",
+        )
+    if not np.isfinite(data).all():
+        raise InputRejected(
+            ReasonCode.NON_FINITE_VALUES,
+            "the image holds NaN or infinite values; fill them (e.g. with 0) before ingest",
+        )
+    return Volume(array=np.ascontiguousarray(data), affine=affine)
+
+
+def _monai() -> Any:
+    """Import MONAI lazily (~7 s) with its codec noise silenced."""
+    quiet_dicom_logs()
+    import monai.data
+    import monai.transforms
+
+    return monai
+
+
+def target_shape(
+    shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]
+) -> tuple[int, ...]:
+    """Voxel counts that cover the same extent at the ``target`` spacing."""
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
+
+
+def _spacing(affine: torch.Tensor | np.ndarray) -> tuple[float, ...]:
+    a = np.asarray(affine, dtype=np.float64)
+    return tuple(float(x) for x in np.linalg.norm(a[:3, :3], axis=0))
+
+
+def resample_to_spacing(img: Any, target: tuple[float, float, float]) -> Any:
+    """Resize a channel-first MetaTensor to ``target`` spacing: area down, trilinear up.
+
+    Axes are handled in two passes so an axis that shrinks is averaged (no aliasing) while
+    one that grows is interpolated; each ``Resize`` updates the affine.
+    """
+    mt = _monai().transforms
+    shape = tuple(img.shape[1:])
+    new = target_shape(shape, _spacing(img.affine), target)
+    down = tuple(min(n, m) for n, m in zip(shape, new, strict=True))
+    if down != shape:
+        img = mt.Resize(spatial_size=down, mode="area")(img)
+    if down != new:
+        img = mt.Resize(spatial_size=new, mode="trilinear", align_corners=False)(img)
+    return img
+
+
+def preprocess_with_affine(vol: Volume, spec: VolumeSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Volume -> (float16 (1, *spec.size), its 4x4 RAS affine): the whole preprocessing.
+
+    RAS orientation, resampling to the spec spacing, intensity map, centre crop/pad.
+    """
+    monai = _monai()
+    mt = monai.transforms
+    img = monai.data.MetaTensor(
+        torch.from_numpy(np.ascontiguousarray(vol.array, dtype=np.float32)[None]),
+        affine=torch.as_tensor(vol.affine, dtype=torch.float64),
+    )
+    # Labels spelled out: our affines are RAS (MONAI warns when it has to guess).
+    img = mt.Orientation(axcodes="RAS", labels=RAS_LABELS)(img)
+    img = resample_to_spacing(img, spec.spacing)
+    if spec.intensity == "hu_window":
+        lo, hi = spec.window
+        img = mt.ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img)
+    else:
+        img = mt.NormalizeIntensity()(img)
+    # Constant 0 padding: air (window low) after HU scaling, the mean after z-scoring.
+    img = mt.ResizeWithPadOrCrop(spatial_size=spec.size)(img)
+    array = img.as_tensor().detach().cpu().numpy().astype(np.float16)
+    return array, np.asarray(img.affine, dtype=np.float64)
+
+
+def preprocess_volume(vol: Volume, spec: VolumeSpec) -> np.ndarray:
+    """Volume -> float16 array (1, *spec.size), what the tensor cache stores."""
+    return preprocess_with_affine(vol, spec)[0]
+
+
+def _volume_encoder_module() -> Any | None:
+    """``modalities.volume_encoders`` if it exists (it is optional at import time)."""
+    try:
+        return importlib.import_module("modalities.volume_encoders")
+    except ModuleNotFoundError as exc:
+        if exc.name != "modalities.volume_encoders":
+            raise  # a missing dependency inside it is a real error
+        return None
+
+
+def _encoder_spec() -> type[EncoderConfig]:
+    mod = _volume_encoder_module()
+    return mod.VolumeEncoderConfig if mod is not None else EncoderConfig
+
+
+def is_nifti(path: Path) -> bool:
+    """Whether ``path`` names a NIfTI file by its suffix."""
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _hash_files(files: list[Path]) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    for f in files:
+        # Length-prefix each file so (AB, C) and (A, BC) differ; names are left out on
+        # purpose: renaming files does not change the image.
+        h.update(f"{f.stat().st_size}\n".encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+class VolumeModality(Modality):
+    """Shared base of CT and MRI: NIfTI or DICOM in, float16 (1, X, Y, Z) out."""
+
+    kind: ClassVar[str] = "volume"
+    Spec: ClassVar[type[VolumeSpec]] = VolumeSpec  # type: ignore[assignment]
+    EncoderSpec: ClassVar[type[EncoderConfig]] = _encoder_spec()
+    decode_workers: ClassVar[int] = DEFAULT_DECODE_WORKERS
+
+    spec: VolumeSpec
+
+    @staticmethod
+    def _source(source: Path | str | SeriesRef) -> Path | SeriesRef:
+        src = source if isinstance(source, SeriesRef) else Path(source)
+        base = src.folder if isinstance(src, SeriesRef) else src
+        if not base.exists():
+            raise InputRejected(
+                ReasonCode.MISSING_FILE, "file or folder does not exist; fix the manifest entry"
+            )
+        return src
+
+    def content_hash(self, source: Path | str | SeriesRef) -> str:  # type: ignore[override]
+        """blake2b over the bytes of the input's files (only the selected series' files)."""
+        src = self._source(source)
+        if isinstance(src, SeriesRef):
+            from modalities.dicom import series_files
+
+            files = series_files(src)
+        else:
+            files = source_files(src)
+        return _hash_files(files)
+
+    def load(self, source: Path | str | SeriesRef) -> Volume:  # type: ignore[override]
+        """Read and validate a NIfTI file (by suffix) or a DICOM series."""
+        src = self._source(source)
+        if isinstance(src, Path) and src.is_file() and is_nifti(src):
+            return read_nifti(src)
+        s = self.spec
+        return read_dicom_series(
+            src,
+            modalities=s.dicom_modalities,
+            min_slices=s.min_slices,
+            spacing_tolerance=s.spacing_tolerance,
+            on_inconsistent_spacing=s.on_inconsistent_spacing,
+            workers=self.decode_workers,
+        )
+
+    def preprocess(self, raw: Volume) -> CachedValue:  # type: ignore[override]
+        return preprocess_volume(raw, self.spec)
+
+    def collate(self, items: list[CachedValue]) -> dict[str, torch.Tensor]:
+        """Stack cached (1, X, Y, Z) arrays into ``{"x": float32 (B, 1, X, Y, Z)}``."""
+        if not items:
+            raise ValueError("collate needs at least one item")
+        arrays = []
+        for it in items:
+            if not isinstance(it, np.ndarray) or it.shape != (1, *self.spec.size):
+                raise ValueError(
+                    f"expected cached arrays of shape (1, {', '.join(map(str, self.spec.size))})"
+                    "; the cache was written with another spec: re-run ingest"
+                )
+            arrays.append(it)
+        return {"x": torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))}
+
+    def encoder(self) -> nn.Module:
+        mod = _volume_encoder_module()
+        if mod is None:
+            raise RuntimeError("modalities.volume_encoders is missing; the install is broken")
+        return mod.build_volume_encoder(self.encoder_config, in_channels=1)
