@@ -339,12 +339,16 @@ def load_pretrained(encoder: VolumeEncoder, path_str: str) -> None:
         inner = {"vit", "swin"} & set(dict(encoder.backbone.named_children()))
         if inner:
             sd = {f"{next(iter(inner))}.{k}": v for k, v in sd.items()}
-    result = target.load_state_dict(sd, strict=False)
+    misfit = f"pretrained checkpoint {path} does not fit encoder {type(encoder.backbone).__name__}"
+    try:
+        result = target.load_state_dict(sd, strict=False)
+    except RuntimeError:  # shape mismatches raise even with strict=False
+        raise ConfigError(f"{misfit}: weight shapes differ; check encoder.name/width") from None
     missing = result.missing_keys
     if missing:
         raise ConfigError(
-            f"pretrained checkpoint {path} does not fit encoder {type(encoder.backbone).__name__}:"
-            f" {len(missing)} weights missing (e.g. {missing[0]}); check encoder.name/width"
+            f"{misfit}: {len(missing)} weights missing (e.g. {missing[0]}); "
+            "check encoder.name/width"
         )
     if result.unexpected_keys:
         log.info("pretrained %s: ignored %d extra keys", path.name, len(result.unexpected_keys))
