@@ -43,7 +43,7 @@ class ConfigError(ClinfuseError):
     """A config file, key or value is wrong."""
 
 
-class UnknownNameError(ClinfuseError, KeyError):
+class UnknownNameError(ConfigError, KeyError):
     """A registry lookup failed; the message lists the valid names."""
 
     def __init__(self, kind: str, name: str, valid: list[str]) -> None:
