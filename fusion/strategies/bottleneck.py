@@ -25,8 +25,11 @@ class BottleneckFusion(Fusion):
 
     In each of ``layers`` layers, every modality runs its own transformer block over
     ``[its tokens, latents]``; the updated latents are then averaged over the modalities
-    present in the row (absent ones get weight 0), and each modality keeps its own updated
-    tokens. Cost is linear in the number of modalities, so it scales to 3+ modalities.
+    present in the row (absent ones get weight 0) and go through one shared latent
+    self-attention block (Perceiver's latent transformer), while each modality keeps its own
+    updated tokens. Without that latent block a single layer would be a sum of per-modality
+    terms (additive, like late fusion: it cannot model an interaction such as XOR).
+    Cost is linear in the number of modalities, so it scales to 3+ modalities.
     Output: the mean of the final latents.
     With one modality it is a transformer with K extra register tokens.
     ``attention["latents->m"]``: (B, layers, K, N_m) weights from latents to m's tokens (eval).
@@ -52,6 +55,9 @@ class BottleneckFusion(Fusion):
             )
             for _ in range(self.layers)
         )
+        self.latent_blocks = nn.ModuleList(
+            AttentionBlock(d_model, self.heads, self.dropout) for _ in range(self.layers)
+        )
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, tokens: dict[str, Tokens], present: dict[str, torch.Tensor]) -> FusionOutput:
@@ -63,7 +69,7 @@ class BottleneckFusion(Fusion):
         lat = self.latents.unsqueeze(0).expand(b, -1, -1).to(x[self.modalities[0]].dtype)
         lat_mask = torch.ones(b, k, dtype=torch.bool, device=lat.device)
         maps: dict[str, list[torch.Tensor]] = {m: [] for m in self.modalities}
-        for layer in self.blocks:
+        for layer, latent_block in zip(self.blocks, self.latent_blocks, strict=True):
             new_lat = []
             for i, m in enumerate(self.modalities):
                 n = x[m].shape[1]
@@ -76,6 +82,7 @@ class BottleneckFusion(Fusion):
                 if w is not None:
                     maps[m].append(w[:, n:, :n])  # latent queries -> modality tokens
             lat = (torch.stack(new_lat, 1) * weights.view(b, -1, 1, 1).to(lat.dtype)).sum(1)
+            lat, _ = latent_block(lat, lat_mask)
         last = [maps[m][-1].float().sum(-1).mean(-1) for m in self.modalities]
         mass = torch.stack(last, 1).detach() * presence
         share = mass / mass.sum(1, keepdim=True).clamp_min(1e-12)
