@@ -614,8 +614,11 @@ def _make_case(out: Path, cfg: SynthConfig, seed: int, idx: int, used: set[str])
         truth.update(_write_nifti(folder / "mri.nii.gz", mri, cfg, rng))
         row["mri"] = f"{name}/mri.nii.gz"
 
-    text = _note_text(person, findings["note"], rng)
-    if present["note"]:
+    before = {k: set(v) for k, v in person.written.items()}
+    text = _note_text(person, findings["note"], rng)  # drawn either way: streams stay aligned
+    if not present["note"]:
+        person.written = before  # phi.json lists only what reached a file
+    else:
         (folder / "note.txt").write_text(text, encoding="utf-8")
         row["note"] = f"{name}/note.txt"
     return case
