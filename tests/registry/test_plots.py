@@ -1,0 +1,87 @@
+"""Every plot writes a real PNG, on tiny inputs and on degenerate ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from registry import plots
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RNG = np.random.default_rng(0)
+Y = RNG.integers(0, 2, 40)
+P = RNG.random(40)
+RUNS = pd.DataFrame(
+    {
+        "tags.mlflow.runName": ["late", "cross_attention", "ct-only"],
+        "metrics.auroc": [0.71, 0.78, np.nan],
+        "metrics.auroc_ci_low": [0.65, np.nan, np.nan],
+        "metrics.auroc_ci_high": [0.77, np.nan, np.nan],
+    }
+)
+
+CASES = {
+    "roc": lambda: plots.roc_curve_figure(Y, P, threshold=0.5),
+    "roc_one_class": lambda: plots.roc_curve_figure(np.ones(5), RNG.random(5)),
+    "roc_empty": lambda: plots.roc_curve_figure([], []),
+    "pr": lambda: plots.pr_curve_figure(Y, P),
+    "pr_one_class": lambda: plots.pr_curve_figure(np.zeros(3), [0.1, 0.2, 0.3]),
+    "calibration": lambda: plots.calibration_figure(Y, P),
+    "calibration_one_class": lambda: plots.calibration_figure(np.ones(4), [0.9, 0.8, 1.0, 0.7]),
+    "calibration_empty": lambda: plots.calibration_figure([], []),
+    "confusion": lambda: plots.confusion_matrix_figure(Y, (P > 0.5).astype(int)),
+    "confusion_named": lambda: plots.confusion_matrix_figure(
+        [0, 2, 1], [0, 1, 1], class_names=["a", "b", "c"]
+    ),
+    "confusion_empty": lambda: plots.confusion_matrix_figure([], []),
+    "training": lambda: plots.training_curves_figure(
+        {"train_loss": [1.0, 0.6, 0.4], "val_loss": [1.1, 0.8, 0.7], "val_auroc": [0.6, 0.7, 0.75]}
+    ),
+    "training_empty": lambda: plots.training_curves_figure({"train_loss": []}),
+    "comparison": lambda: plots.comparison_figure(RUNS, "auroc"),
+    "comparison_plain_columns": lambda: plots.comparison_figure(
+        pd.DataFrame({"run_name": ["a"], "f1": [0.5]}), "f1"
+    ),
+    "comparison_missing_metric": lambda: plots.comparison_figure(RUNS, "brier"),
+    "comparison_empty": lambda: plots.comparison_figure(pd.DataFrame(), "auroc"),
+    "attention": lambda: plots.attention_overlay_figure(
+        RNG.random((12, 24, 20)), RNG.random((3, 4, 5))
+    ),
+    "attention_constant": lambda: plots.attention_overlay_figure(
+        np.ones((2, 8, 8)), np.ones((1, 1, 1))
+    ),
+    "attention_empty": lambda: plots.attention_overlay_figure(
+        np.zeros((0, 4, 4)), np.zeros((1, 1, 1))
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_figure_writes_png(case: str, tmp_path) -> None:
+    path = plots.save_figure(CASES[case](), tmp_path / "sub" / f"{case}.png")
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > 2000  # a rendered figure, not an empty file
+    width = int.from_bytes(data[16:20], "big")
+    height = int.from_bytes(data[20:24], "big")
+    assert width >= 200 and height >= 200
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+
+
+def test_attention_overlay_picks_the_attended_slices(tmp_path) -> None:
+    attention = np.zeros((4, 2, 2))
+    attention[3] = 1.0  # only the deepest quarter is attended
+    fig = plots.attention_overlay_figure(RNG.random((16, 8, 8)), attention, slices=2)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles and all(int(t.split()[-1]) >= 12 for t in titles)
+
+
+def test_note_tokens_html_escapes_and_shades() -> None:
+    out = plots.note_tokens_html(["fever", "<b>", "cough", "##ing"], [0.2, 1.0, -0.5, float("nan")])
+    assert "&lt;b&gt;" in out and "<b>" not in out
+    assert "rgba(255,0,0,1.000)" in out and "rgba(0,0,255,0.500)" in out
+    assert ">cough</span><span" in out and ">ing</span>" in out  # word pieces joined
+    assert plots.note_tokens_html([], []).startswith("<div")
+    with pytest.raises(ValueError, match="weights"):
+        plots.note_tokens_html(["a"], [])
