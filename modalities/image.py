@@ -174,11 +174,12 @@ def _read_dicom(data: bytes, fmt: str) -> Image2D:
 
 
 # Magic-byte sniffers -> readers (a lookup table, so adding a format is one line).
+# DICOM first: a DICOM preamble may itself be a TIFF header (dual-format files).
 _FORMATS: list[tuple[str, Callable[[bytes], bool], Callable[[bytes, str], Image2D]]] = [
+    ("DICOM", lambda b: b[128:132] == b"DICM", _read_dicom),
     ("PNG", lambda b: b.startswith(b"\x89PNG\r\n\x1a\n"), _read_pil),
     ("JPEG", lambda b: b.startswith(b"\xff\xd8\xff"), _read_pil),
     ("TIFF", lambda b: b[:4] in (b"II*\x00", b"MM\x00*"), _read_pil),
-    ("DICOM", lambda b: b[128:132] == b"DICM", _read_dicom),
 ]
 
 
