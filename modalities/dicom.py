@@ -45,7 +45,8 @@ SpacingPolicy = Literal["reject", "resample"]
 class Volume:
     """A scalar 3D image: ``array`` (X, Y, Z) float32 and ``affine`` voxel index -> RAS+ mm.
 
-    Axis order follows NIfTI/nibabel: i = DICOM column, j = DICOM row, k = slice.
+    Axis order follows NIfTI/nibabel: i = DICOM column, j = DICOM row, k = slice. The array
+    is usually Fortran-ordered (each slice contiguous), as nibabel returns it.
     """
 
     array: np.ndarray
@@ -101,7 +102,8 @@ def quiet_dicom_logs() -> None:
     nv_filter = _MessageFilter("nvImageCodec is not available")
     for name in ("monai.data.nvimgcodec_pydicom_plugin", "monai.data.image_reader"):
         logging.getLogger(name).addFilter(nv_filter)
-    warnings.filterwarnings("ignore", message=".*nvImageCodec is not available.*")
+    # Warned once per reader: "not available" / "decoder plugin did not register".
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     _QUIET = True
 
 
@@ -408,8 +410,11 @@ def _decode_error(exc: Exception) -> InputRejected:
     )
 
 
-def _decode(path: Path, rows: int, columns: int) -> np.ndarray:
-    """Read one file fully and return its pixels (columns, rows) as float32 after rescale."""
+def _decode_into(out: np.ndarray, path: Path, rows: int, columns: int) -> None:
+    """Read one file fully and write its rescaled pixels into ``out`` (columns, rows) float32.
+
+    ``out`` is a slice of a Fortran-ordered stack, so ``px.T`` lands as one contiguous copy.
+    """
     from pydicom import dcmread
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -443,12 +448,11 @@ def _decode(path: Path, rows: int, columns: int) -> np.ndarray:
             ReasonCode.UNREADABLE,
             "RescaleSlope/RescaleIntercept are malformed; re-export the series",
         ) from None
-    out = px.T.astype(np.float32)
+    out[...] = px.T
     if slope != 1.0:
         out *= np.float32(slope)
     if intercept != 0.0:
         out += np.float32(intercept)
-    return out
 
 
 def _resample_z(stack: np.ndarray, pos: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -456,7 +460,7 @@ def _resample_z(stack: np.ndarray, pos: np.ndarray, targets: np.ndarray) -> np.n
     hi = np.clip(np.searchsorted(pos, targets, side="right"), 1, len(pos) - 1)
     lo = hi - 1
     w = ((targets - pos[lo]) / (pos[hi] - pos[lo])).clip(0.0, 1.0).astype(np.float32)
-    out = np.empty((*stack.shape[:2], len(targets)), dtype=np.float32)
+    out = np.empty((*stack.shape[:2], len(targets)), dtype=np.float32, order="F")
     for k in range(len(targets)):
         a, b = stack[:, :, lo[k]], stack[:, :, hi[k]]
         out[:, :, k] = a + w[k] * (b - a)
@@ -481,10 +485,12 @@ def read_dicom_series(
     _check_headers(headers, modalities, min_slices)
     geo = _geometry(headers, spacing_tolerance, on_inconsistent_spacing)
     rows, columns = geo.order[0].rows, geo.order[0].columns
-    stack = np.empty((columns, rows, len(geo.order)), dtype=np.float32)
+    # Fortran order keeps each slice contiguous (the layout nibabel uses too): filling a
+    # C-ordered (X, Y, Z) stack slice by slice is ~10x slower (strided writes).
+    stack = np.empty((columns, rows, len(geo.order)), dtype=np.float32, order="F")
 
     def fill(k: int) -> None:
-        stack[:, :, k] = _decode(geo.order[k].path, rows, columns)
+        _decode_into(stack[:, :, k], geo.order[k].path, rows, columns)
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")

@@ -227,3 +227,15 @@ def test_encoder_uses_volume_encoders():
     enc = mod.encoder()
     tokens = enc(**mod.collate([np.zeros((1, 16, 16, 16), np.float16)] * 2))
     assert tokens.values.shape[0] == 2 and tokens.mask.shape == tokens.values.shape[:2]
+
+
+def test_anisotropic_spacing_follows_world_axes_for_sagittal_dicom(tmp_path):
+    # Sagittal slices: voxel axes run A->P, S->I and R->L; the spec's spacing is per R, A, S.
+    hu = np.zeros((40, 30, 20), np.float32)
+    iop = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+    write_dicom_series(tmp_path, hu, orientation=iop, pixel_spacing=(1.0, 1.0), slice_spacing=1.0)
+    vol = CTModality({"min_slices": 8}).load(tmp_path)
+    spec = VolumeSpec(spacing=(1.0, 2.0, 5.0), size=(20, 20, 6))
+    out, affine = preprocess_with_affine(vol, spec)
+    assert out.shape == (1, 20, 20, 6)
+    np.testing.assert_allclose(np.abs(affine[:3, :3]), np.diag([1.0, 2.0, 5.0]), atol=1e-6)
