@@ -19,6 +19,7 @@ caller attaches a sanitized source reference with ``InputRejected.with_source``.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -391,17 +392,23 @@ def _geometry(headers: list[_SliceHeader], tol: float, on_inconsistent: SpacingP
     return _Geometry(order=order, positions=pos, targets=targets, affine=ras)
 
 
-def _decode_error(exc: Exception) -> InputRejected:
+# pydicom lists each missing plugin as "<plugin> - requires <packages>" (no header values).
+_REQUIRES = re.compile(r"^\s*(\S+) - requires (.+)$", re.MULTILINE)
+
+
+def _decode_error(exc: Exception, syntax: str) -> InputRejected:
     """Map pydicom's pixel-decoding exceptions to reason codes."""
     text = str(exc)
     if isinstance(exc, RuntimeError) and (
         "missing dependencies" in text or "does not support" in text
     ):
+        options = "; ".join(f"{m[0]}: {m[1]}" for m in _REQUIRES.findall(text)) or (
+            "pylibjpeg with pylibjpeg-libjpeg / pylibjpeg-openjpeg, or python-gdcm"
+        )
         return InputRejected(
             ReasonCode.CODEC_UNAVAILABLE,
-            "the pixel data is compressed with a transfer syntax no installed decoder "
-            "handles; install a pydicom decoder plugin (pip install pylibjpeg "
-            "pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm) and retry",
+            f"the pixel data is compressed as {syntax}, which no installed decoder handles; "
+            f"install a pydicom decoder plugin ({options}) and retry",
         )
     return InputRejected(
         ReasonCode.PIXEL_DECODE_FAILED,
@@ -418,6 +425,7 @@ def _decode_into(out: np.ndarray, path: Path, rows: int, columns: int) -> None:
     from pydicom import dcmread
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+    ds = None
     try:
         ds = dcmread(path)
         if "TransferSyntaxUID" not in ds.file_meta:
@@ -431,7 +439,8 @@ def _decode_into(out: np.ndarray, path: Path, rows: int, columns: int) -> None:
             )
         px = ds.pixel_array
     except Exception as exc:  # decoders raise ValueError/RuntimeError/AttributeError/...
-        raise _decode_error(exc) from None
+        syntax = ds.file_meta.get("TransferSyntaxUID") if ds is not None else None
+        raise _decode_error(exc, getattr(syntax, "name", "an unknown transfer syntax")) from None
     if px.shape != (rows, columns):
         raise InputRejected(
             ReasonCode.PIXEL_DECODE_FAILED,
