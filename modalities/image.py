@@ -269,8 +269,13 @@ def image_encoder_names() -> list[str]:
     return sorted(set(volume_net_names()) | set(IMAGE_ONLY_ENCODERS))
 
 
-def build_image_encoder(cfg: ImageEncoderConfig, in_channels: int) -> nn.Module:
-    """The 2D encoder ``cfg.name`` names; ``forward(x (B, C, H, W)) -> Tokens``."""
+def build_image_encoder(
+    cfg: ImageEncoderConfig, in_channels: int, input_size: tuple[int, int] | None = None
+) -> nn.Module:
+    """The 2D encoder ``cfg.name`` names; ``forward(x (B, C, H, W)) -> Tokens``.
+
+    ``input_size`` (the spec's size) tells ViT its input size unless the config sets one.
+    """
     if cfg.spatial_dims != 2:
         raise ConfigError("image encoders are 2D: leave encoder.spatial_dims at 2")
     builder = IMAGE_ONLY_ENCODERS.get(cfg.name)
@@ -278,7 +283,7 @@ def build_image_encoder(cfg: ImageEncoderConfig, in_channels: int) -> nn.Module:
         return builder(cfg, in_channels)
     if cfg.name not in volume_net_names():
         raise UnknownNameError("image encoder", cfg.name, image_encoder_names())
-    return build_volume_encoder(cfg, in_channels=in_channels)
+    return build_volume_encoder(cfg, in_channels=in_channels, input_size=input_size)
 
 
 # ---------------------------------------------------------------------------- modality
@@ -338,10 +343,9 @@ class ImageModality(Modality):
         }
 
     def encoder(self) -> nn.Module:
-        cfg = self.encoder_config
-        if "img_size" not in cfg.model_fields_set:  # transformers must know the input size
-            cfg = cfg.model_copy(update={"img_size": tuple(self.spec.size)})
-        return build_image_encoder(cfg, in_channels=self.spec.channels)
+        return build_image_encoder(
+            self.encoder_config, in_channels=self.spec.channels, input_size=self.spec.size
+        )
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

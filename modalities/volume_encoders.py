@@ -354,13 +354,21 @@ def load_pretrained(encoder: VolumeEncoder, path_str: str) -> None:
         log.info("pretrained %s: ignored %d extra keys", path.name, len(result.unexpected_keys))
 
 
-def build_volume_encoder(cfg: VolumeEncoderConfig, in_channels: int = 1) -> VolumeEncoder:
+def build_volume_encoder(
+    cfg: VolumeEncoderConfig,
+    in_channels: int = 1,
+    input_size: tuple[int, ...] | None = None,
+) -> VolumeEncoder:
     """Build the encoder ``cfg`` names for inputs with ``in_channels`` channels.
 
     ``in_channels > 1`` takes co-registered sequences (or CT+MRI early fusion) as channels.
+    ``input_size`` (the spec's spatial size) sets ``img_size`` for ViT unless the config
+    names one explicitly.
     """
     if not isinstance(cfg, VolumeEncoderConfig):
         cfg = VolumeEncoderConfig.model_validate(cfg.model_dump() if cfg else {})
+    if input_size is not None and "img_size" not in cfg.model_fields_set:
+        cfg = cfg.model_copy(update={"img_size": tuple(int(s) for s in input_size)})
     try:
         builder = _NETS[cfg.name]
     except KeyError:

@@ -170,6 +170,13 @@ def test_vit_rejects_wrong_input_size() -> None:
         enc(x=torch.randn(1, 1, 16, 16, 16))
 
 
+@needs_einops
+def test_vit_img_size_from_input_size() -> None:
+    kw = {k: v for k, v in SMALL["vit"][0].items() if k != "img_size"}
+    enc = build_volume_encoder(VolumeEncoderConfig(name="vit", **kw), input_size=(16, 32, 32))
+    assert enc(x=torch.randn(1, 1, 16, 32, 32)).values.shape == (1, 32, 32)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["densenet121", "resnet10", "resnet18", "swin"])
 def test_realistic_size(name: str) -> None:
