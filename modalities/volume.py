@@ -288,4 +288,7 @@ class VolumeModality(Modality):
         mod = _volume_encoder_module()
         if mod is None:
             raise RuntimeError("modalities.volume_encoders is missing; the install is broken")
-        return mod.build_volume_encoder(self.encoder_config, in_channels=1)
+        # The spec's size tells size-dependent encoders (ViT) what they will be fed.
+        return mod.build_volume_encoder(
+            self.encoder_config, in_channels=1, input_size=tuple(self.spec.size)
+        )

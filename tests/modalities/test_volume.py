@@ -239,3 +239,11 @@ def test_anisotropic_spacing_follows_world_axes_for_sagittal_dicom(tmp_path):
     out, affine = preprocess_with_affine(vol, spec)
     assert out.shape == (1, 20, 20, 6)
     np.testing.assert_allclose(np.abs(affine[:3, :3]), np.diag([1.0, 2.0, 5.0]), atol=1e-6)
+
+
+def test_vit_encoder_gets_the_spec_size():
+    pytest.importorskip("modalities.volume_encoders")
+    enc_cfg = {"name": "vit", "patch_size": 8, "layers": 1, "heads": 2, "width": 32}
+    mod = MRIModality({"size": (16, 16, 24)}, encoder=enc_cfg)
+    tokens = mod.encoder()(**mod.collate([np.zeros((1, 16, 16, 24), np.float16)]))
+    assert tokens.values.shape[:2] == (1, 2 * 2 * 3)
