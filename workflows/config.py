@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fusion.config import ModelConfig
+from fusion.train import TrainConfig
 from modalities.cohort import CohortConfig
 from modalities.errors import ConfigError
 
@@ -41,8 +43,8 @@ class Config(BaseModel):
     name: str = "custom"
     cohort: CohortConfig
     ingest: IngestSettings = Field(default_factory=IngestSettings)
-    model: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     score: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -1,0 +1,231 @@
+"""Training one model variant on a prepared cohort, tracking-agnostic.
+
+A variant is a fusion strategy over a set of modalities; a unimodal baseline is the same
+code with one modality. Every variant of an experiment shares one patient-level split so
+the comparison is fair. ``registry.experiment`` wraps this with MLflow tracking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fusion.config import ModelConfig
+from fusion.data import Collator, PreparedCohort
+from fusion.metrics import choose_threshold, evaluate, presence_pattern
+from fusion.model import FusionModel, build_model
+from fusion.splits import assign_splits, check_no_leakage
+from fusion.train import (
+    FitResult,
+    Predictions,
+    TrainConfig,
+    fit,
+    make_loader,
+    predict,
+    resolve_device,
+    seed_everything,
+)
+from modalities.errors import ConfigError
+
+HEAD_FOR_TASK = {"binary": "binary", "multiclass": "multiclass", "multilabel": "multilabel"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of an experiment: its run name, fusion strategy and modalities."""
+
+    name: str
+    fusion: str
+    modalities: tuple[str, ...]
+
+    @property
+    def unimodal(self) -> bool:
+        return len(self.modalities) == 1
+
+
+def plan_variants(
+    modalities: list[str], fusions: list[str], baselines: bool, unimodal_fusion: str = "concat"
+) -> list[Variant]:
+    """Fusion variants over all modalities, plus one unimodal baseline per modality."""
+    mods = tuple(sorted(modalities))
+    if len(mods) < 2 and fusions:
+        fusions = []  # fusion needs two modalities: a one-modality cohort is a baseline
+        baselines = True
+    out = [Variant(f"{f}", f, mods) for f in fusions]
+    if baselines:
+        out += [Variant(f"unimodal_{m}", unimodal_fusion, (m,)) for m in mods]
+    if not out:
+        raise ConfigError("nothing to train: give --fusion NAME and/or --baselines")
+    return out
+
+
+def split_cohort(cohort: PreparedCohort, cfg: TrainConfig) -> pd.DataFrame:
+    """Usable labeled rows with a ``split`` column (manifest splits kept, rest stratified)."""
+    rows = cohort.usable(list(cohort.mods))
+    labels = rows[cohort.label_columns].to_numpy()
+    labels = labels[:, 0] if cohort.task != "multilabel" else labels
+    existing = [s if isinstance(s, str) else None for s in rows["split"]]
+    rows = rows.assign(
+        split=assign_splits(rows["patient"], labels, cfg.split_fractions, cfg.seed, existing)
+    )
+    check_no_leakage(rows["patient"].tolist(), rows["split"].tolist())
+    for s in ("train", "val", "test"):
+        if not (rows["split"] == s).any():
+            raise ConfigError(
+                f"the {s} split is empty ({len(rows)} usable labeled patients); add patients "
+                "or change train.split_fractions"
+            )
+    return rows
+
+
+def _class_weight_options(task: str, y: np.ndarray) -> dict[str, Any]:
+    """Inverse-prevalence loss weights for the head (binary pos_weight, class weights)."""
+    if task == "binary":
+        pos = float(y.sum())
+        return {"pos_weight": (len(y) - pos) / pos} if 0 < pos < len(y) else {}
+    if task == "multiclass":
+        counts = np.bincount(y.astype(int)).astype(float)
+        if (counts == 0).any():
+            return {}
+        return {"class_weights": (counts.sum() / (len(counts) * counts)).tolist()}
+    pos = y.sum(0)
+    if (pos == 0).any() or (pos == len(y)).any():
+        return {}
+    return {"pos_weight": ((len(y) - pos) / pos).tolist()}
+
+
+def model_config_for(
+    cohort: PreparedCohort, base: ModelConfig, variant: Variant, train_labels: np.ndarray,
+    class_weighting: bool,
+) -> ModelConfig:
+    """The variant's model config: its fusion name, the task's head and loss weights."""
+    head_opts = dict(base.head.options)
+    if cohort.task == "multiclass":
+        head_opts.setdefault("num_classes", len(cohort.cfg.classes or []) or
+                             int(np.nanmax(train_labels)) + 1)
+    if cohort.task == "multilabel":
+        head_opts.setdefault("labels", cohort.label_columns)
+    if class_weighting:
+        head_opts |= _class_weight_options(cohort.task, train_labels)
+    fusion = base.fusion.model_copy(update={"name": variant.fusion})
+    head = base.head.model_copy(
+        update={"name": HEAD_FOR_TASK[cohort.task], "options": head_opts}
+    )
+    return base.model_copy(update={"fusion": fusion, "head": head})
+
+
+@dataclass
+class VariantResult:
+    """Everything a tracker logs about one trained variant."""
+
+    variant: Variant
+    model: FusionModel
+    model_config: ModelConfig
+    predictor_config: dict[str, Any]
+    fit: FitResult
+    threshold: float
+    test: Predictions
+    test_metrics: dict[str, float]
+    prior: Any
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _labels(cohort: PreparedCohort, rows: pd.DataFrame) -> np.ndarray:
+    y = rows[cohort.label_columns].to_numpy(dtype=float)
+    return y[:, 0] if cohort.task != "multilabel" else y
+
+
+def train_variant(
+    cohort: PreparedCohort,
+    rows: pd.DataFrame,
+    variant: Variant,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> VariantResult:
+    """Train ``variant`` on ``rows``' train split, early-stop on val, evaluate on test.
+
+    Training uses rows with at least one of the variant's modalities; validation and test
+    use every row of their split (rows with none of the variant's modalities get the
+    training prior), so all variants are scored on the same patients.
+    """
+    seed_everything(train_cfg.seed)
+    device = resolve_device(train_cfg.device)
+    mods = {m: cohort.mods[m] for m in variant.modalities}
+    has_any = np.zeros(len(rows), dtype=bool)
+    for m in variant.modalities:
+        has_any |= (rows[f"{m}_status"] == "ok").to_numpy()
+    train_rows = rows[(rows["split"] == "train") & has_any]
+    y_train = _labels(cohort, train_rows)
+    prior = (y_train.mean(0) if cohort.task != "multiclass"
+             else np.bincount(y_train.astype(int)) / len(y_train)).tolist()
+    mcfg = model_config_for(cohort, model_cfg, variant, y_train, train_cfg.class_weighting)
+    model = build_model(mcfg, {m: mods[m].encoder() for m in variant.modalities})
+    collate = Collator(mods, cohort.task)
+
+    def loader(split: str, shuffle: bool, subset: np.ndarray | None = None):
+        sel = rows["split"] == split
+        if subset is not None:
+            sel &= subset
+        return make_loader(cohort.dataset(rows[sel], variant.modalities), collate, train_cfg,
+                           shuffle, device), rows[sel]
+
+    train_loader, _ = loader("train", True, has_any)
+    val_loader, _ = loader("val", False, has_any)
+
+    def validate(pred: Predictions) -> dict[str, float]:
+        return evaluate(cohort.task, pred.labels, pred.probs, n_boot=0,
+                        label_names=cohort.label_columns if cohort.task == "multilabel" else None)
+
+    result = fit(model, train_loader, val_loader, train_cfg, cohort.task, validate, on_epoch)
+    val_pred = predict(model, val_loader, cohort.task, device, train_cfg.bf16)
+    threshold = (
+        choose_threshold(val_pred.labels, val_pred.probs, train_cfg.threshold_rule)
+        if cohort.task == "binary" and len(np.unique(val_pred.labels)) == 2 else 0.5
+    )
+    test = _predict_all(model, cohort, rows[rows["split"] == "test"], variant, collate,
+                        train_cfg, device, prior)
+    metrics = evaluate(
+        cohort.task, test.labels, test.probs,
+        threshold=threshold if cohort.task == "binary" else None,
+        groups={"present": presence_pattern(test.present)},
+        n_boot=train_cfg.n_boot, seed=train_cfg.seed,
+        label_names=cohort.label_columns if cohort.task == "multilabel" else None,
+    )
+    predictor_config = {
+        "cohort": cohort.cfg.model_dump(mode="json"),
+        "model": mcfg.model_dump(mode="json"),
+        "modalities": list(variant.modalities),
+        "threshold": threshold,
+        "prior": prior if cohort.task != "binary" else float(np.asarray(prior).reshape(-1)[0]),
+        "label_names": cohort.label_columns if cohort.task != "multiclass"
+        else (cohort.cfg.classes or None),
+        "task": cohort.task,
+    }
+    return VariantResult(variant, model, mcfg, predictor_config, result, threshold, test,
+                         metrics, prior)
+
+
+def _predict_all(
+    model: FusionModel, cohort: PreparedCohort, rows: pd.DataFrame, variant: Variant,
+    collate: Collator, cfg: TrainConfig, device: Any, prior: Any,
+) -> Predictions:
+    """Predict every row; rows without any of the variant's modalities get the prior."""
+    has_any = np.zeros(len(rows), dtype=bool)
+    for m in variant.modalities:
+        has_any |= (rows[f"{m}_status"] == "ok").to_numpy()
+    all_present = cohort.dataset(rows, list(cohort.mods)).presence()
+    labels = _labels(cohort, rows)
+    n_out = 1 if cohort.task == "binary" else len(np.atleast_1d(prior))
+    probs = np.tile(np.asarray(prior, dtype=float).reshape(1, -1), (len(rows), 1))
+    if has_any.any():
+        part = predict(model, make_loader(cohort.dataset(rows[has_any], variant.modalities),
+                                          collate, cfg, False, device),
+                       cohort.task, device, cfg.bf16)
+        probs[has_any] = part.probs.reshape(-1, n_out)
+    probs = probs[:, 0] if cohort.task == "binary" else probs
+    return Predictions(rows["patient"].astype(str).tolist(), probs, labels, all_present)
