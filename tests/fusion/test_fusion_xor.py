@@ -80,16 +80,19 @@ def train_and_score(fusion: str, names: list[str], steps: int = 400) -> float:
     return ((logits > 0).float() == y_test).float().mean().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["a", "b"])
 def test_unimodal_models_stay_at_chance(name: str) -> None:
     assert train_and_score("concat", [name]) < 0.65
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", FUSION)
 def test_fusion_strategies_solve_xor(fusion: str) -> None:
     assert train_and_score(fusion, ["a", "b"]) >= 0.95
 
 
+@pytest.mark.slow
 def test_late_fusion_cannot_solve_xor() -> None:
     # A sum of per-modality decisions can get at most 3 of the 4 XOR cells right.
     assert train_and_score("late", ["a", "b"]) < 0.8
