@@ -199,6 +199,9 @@ def _layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
+_SHARED_CACHES: dict[str, OrderedDict[bytes, torch.Tensor]] = {}
+
+
 class TextEncoder(nn.Module):
     """``forward(input_ids, attention_mask, chunk_mask) -> Tokens``: one token per chunk.
 
@@ -221,7 +224,9 @@ class TextEncoder(nn.Module):
         self.out_dim = cfg.out_dim or hidden
         self.hidden = hidden
         self.frozen = cfg.trainable_layers == 0
-        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        # Shared by every frozen encoder of the same model in this process: the variants of
+        # an experiment (and re-scoring) embed each note chunk once.
+        self._cache = _SHARED_CACHES.setdefault(f"{cfg.model}|{cfg.pooling}", OrderedDict())
         self.model.requires_grad_(cfg.trainable_layers == -1)
         if cfg.trainable_layers > 0:
             layers = _layers(self.model)
