@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--ct-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=3, help="timed runs of the encoder stack")
+    p.add_argument("--fusion-reps", type=int, default=7, help="timed runs per strategy")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--strategies", nargs="*", default=None)
     p.add_argument("--no-encoders", action="store_true", help="skip the encoder stack timing")
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                 loss = model.head(fused, present, labels)["loss"]
             loss.backward()
 
-        t = timed(fusion_step, args.reps, args.warmup, device)
+        t = timed(fusion_step, args.fusion_reps, args.warmup, device)
         n_params = sum(p.numel() for p in model.parameters())
         rows.append((name, t, n_params))
 
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"# fusion bench: batch {b}, d_model {args.d_model}, layers {args.layers}, tokens "
         + ", ".join(f"{m} {n}x{d}" for m, (n, d) in TOKENS.items())
-        + f"; {where}; median of {args.reps}"
+        + f"; {where}; median of {args.fusion_reps} (encoders {args.reps})"
     )
     if enc_time is not None:
         print(
