@@ -267,6 +267,7 @@ def log_model(
         is_unavailable_error,
         resolve_tracking_uri,
         short_http_limits,
+        using_tracking_uri,
     )
 
     tracker = tracker_or_run_id if isinstance(tracker_or_run_id, Tracker) else None
@@ -292,15 +293,14 @@ def log_model(
         }
         if tracker is not None and tracker.degraded:
             return _spool_model(tracker, kwargs, name)
-        # MLflow's Model.log resolves the store from the global URI, so point it at ours.
-        mlflow.set_tracking_uri(uri)
         limits = (
             short_http_limits(tracker.http_timeout_s, tracker.http_max_retries)
             if tracker is not None
             else contextlib.nullcontext()
         )
         try:
-            with limits:
+            # Model.log resolves the store from the global URI: point it at ours, for now.
+            with limits, using_tracking_uri(uri):
                 # Create the LoggedModel in the run's experiment ourselves: given only a
                 # run_id, Model.log files it under the fluent default experiment ("0").
                 client = MlflowClient(uri)
@@ -340,12 +340,12 @@ def _spool_model(tracker: Tracker, kwargs: dict[str, Any], name: str) -> None:
 
 # ---------------------------------------------------------------------- registry
 def _client(tracking_uri: str | None) -> Any:
-    import mlflow
     from mlflow import MlflowClient
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    return MlflowClient(tracking_uri or mlflow.get_tracking_uri())
+    from registry.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def register_model(
@@ -354,8 +354,12 @@ def register_model(
     """Create ``name`` if needed, add a version from ``model_uri``, set ``alias``; return it."""
     import mlflow
 
-    client = _client(tracking_uri)
-    mv = mlflow.register_model(model_uri, name, await_registration_for=60)
+    from registry.tracking import resolve_tracking_uri, using_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    client = _client(uri)
+    with using_tracking_uri(uri):
+        mv = mlflow.register_model(model_uri, name, await_registration_for=60)
     if alias:
         client.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
@@ -399,9 +403,10 @@ def load_pyfunc(uri: str, tracking_uri: str | None = None) -> Any:
     """``mlflow.pyfunc.load_model`` against ``tracking_uri`` (e.g. ``models:/NAME@champion``)."""
     import mlflow.pyfunc
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(uri)
+    from registry.tracking import resolve_tracking_uri, using_tracking_uri
+
+    with using_tracking_uri(resolve_tracking_uri(tracking_uri, Path.cwd())):
+        return mlflow.pyfunc.load_model(uri)
 
 
 # ---------------------------------------------------------------------- reference builder

@@ -151,6 +151,30 @@ def short_http_limits(timeout_s: float, max_retries: int) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def using_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``Model.log``, ``register_model``, ``load_model``) at ``uri``
+    for a block, then restore the previous global URI *and* ``$MLFLOW_TRACKING_URI``.
+
+    ``mlflow.set_tracking_uri`` also writes the environment variable, so calling it bare would
+    leak one run's server into every later default (including ``resolve_tracking_uri``).
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    old_uri = tracking_utils._tracking_uri  # None when never set: fall back to env/default
+    old_env = os.environ.get(ENV_TRACKING_URI)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils.set_tracking_uri(old_uri)  # None also unsets the env var: fixed below
+        if old_env is None:
+            os.environ.pop(ENV_TRACKING_URI, None)
+        else:
+            os.environ[ENV_TRACKING_URI] = old_env
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 

@@ -53,6 +53,12 @@ def mlflow_server_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             handle.stop()
 
 
+@pytest.fixture(autouse=True)
+def _no_ambient_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests name their tracking URI; an inherited MLFLOW_TRACKING_URI must not redirect them."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A per-test work dir (spool folders and local SQLite files go here)."""

@@ -27,7 +27,7 @@ from registry.model import (
     resolve_builder,
     save_weights,
 )
-from registry.tracking import Tracker, replay_spool
+from registry.tracking import Tracker, replay_spool, using_tracking_uri
 from tests.servers import free_port, sqlite_uri
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,7 +121,11 @@ def test_log_register_load_promote_embedded(workdir: Path, tmp_path: Path) -> No
     uri = tr.tracking_uri
     assert current_alias_version("ref_lin", CHALLENGER, uri) == "1"
 
-    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "m")))
+    # download_artifacts(tracking_uri=...) does not reach the models:/ resolver: use the global.
+    with using_tracking_uri(tr.tracking_uri):
+        local = Path(
+            mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "m"))
+        )
     _assert_no_pickles(local)
     cfg = json.loads((local / "artifacts" / "config.json").read_text())
     assert cfg["builder"] == REFERENCE_BUILDER and cfg["config"]["features"] == FEATURES
@@ -151,8 +155,6 @@ def test_log_register_load_promote_embedded(workdir: Path, tmp_path: Path) -> No
 
 
 def test_degraded_tracker_spools_model_and_replay_uploads_it(workdir: Path) -> None:
-    import mlflow.pyfunc
-
     dead = f"http://127.0.0.1:{free_port()}"
     pred, df = _predictor(), _frame()
     with Tracker("offline-models", "cold", tracking_uri=dead, workdir=workdir) as tr:
@@ -161,8 +163,7 @@ def test_degraded_tracker_spools_model_and_replay_uploads_it(workdir: Path) -> N
 
     target = sqlite_uri(workdir / "later.db")
     (run_id,) = replay_spool(tr.spool_dir, target)
-    mlflow.set_tracking_uri(target)
-    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    loaded = load_pyfunc(f"runs:/{run_id}/model", tracking_uri=target)
     pd.testing.assert_frame_equal(loaded.predict(df), pred.predict_dataframe(df), check_dtype=False)
 
 
@@ -181,6 +182,8 @@ def test_server_model_loads_in_a_fresh_process(mlflow_server: str, workdir: Path
         )
     version = str(info.registered_model_version)
     assert current_alias_version("server_lin", CHALLENGER, mlflow_server) == version
+    # Logging to a server must not leave it as everyone's default (mlflow sets the env var).
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
     code = (
         "import io, sys, mlflow.pyfunc, pandas as pd\n"

@@ -1,0 +1,340 @@
+"""Train an experiment's variants with MLflow tracking: one parent run, a child per variant.
+
+Each child logs the resolved config, the cohort (by hash), per-epoch metrics in batches,
+test metrics with bootstrap CIs and subgroup (missing-modality pattern) metrics, plots, a
+per-case predictions table (pseudonyms only), attention maps, a model card, and the model
+itself as a pickle-free pyfunc. Note text never goes to MLflow (not even de-identified):
+attention over notes is logged as per-chunk weights only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fusion.config import ModelConfig
+from fusion.data import Collator, PreparedCohort
+from fusion.experiment import Variant, VariantResult, plan_variants, split_cohort, train_variant
+from fusion.train import TrainConfig, autocast, resolve_device
+from registry import plots
+from registry.model import log_model, promote
+from registry.tracking import Tracker
+
+log = logging.getLogger("clinfuse.train")
+
+BUILDER = "fusion.predictor:build_predictor"
+N_EXPLAIN = 3
+
+
+@dataclass
+class VariantRun:
+    """What the flow reports about one trained variant (no PHI)."""
+
+    name: str
+    run_id: str | None
+    fusion: str
+    modalities: list[str]
+    test_metrics: dict[str, float]
+    best_val: float
+    version: str | None
+    seconds: float
+
+
+def cohort_hash(prepared: Path) -> str:
+    """Content hash of the prepared cohort table (pseudonyms + cache keys: no PHI)."""
+    return hashlib.blake2b(
+        (Path(prepared) / "cohort.parquet").read_bytes(), digest_size=16
+    ).hexdigest()
+
+
+def _metric_key(k: str) -> str:
+    return f"test_{k}"
+
+
+def _binary_plots(tracker: Tracker, y: np.ndarray, p: np.ndarray, threshold: float) -> None:
+    tracker.log_figure(plots.roc_curve_figure(y, p), "plots/roc.png")
+    tracker.log_figure(plots.pr_curve_figure(y, p), "plots/pr.png")
+    tracker.log_figure(plots.calibration_figure(y, p), "plots/calibration.png")
+    tracker.log_figure(
+        plots.confusion_matrix_figure(y, (p >= threshold).astype(int)), "plots/confusion.png"
+    )
+
+
+def _predictions_table(res: VariantResult, task: str) -> pd.DataFrame:
+    test = res.test
+    df = pd.DataFrame({"patient": test.patients})
+    if task == "binary":
+        df["label"] = test.labels
+        df["probability"] = test.probs
+        df["prediction"] = (test.probs >= res.threshold).astype(int)
+        df["threshold"] = res.threshold
+    else:
+        probs = np.atleast_2d(test.probs)
+        for k in range(probs.shape[1]):
+            df[f"probability_{k}"] = probs[:, k]
+    for m, p in test.present.items():
+        df[f"present_{m}"] = p.astype(bool)
+    return df
+
+
+def _model_card(res: VariantResult, cohort: PreparedCohort, rows: pd.DataFrame, chash: str) -> str:
+    m = res.test_metrics
+
+    def fmt(k: str) -> str:
+        v = m.get(k, math.nan)
+        lo, hi = m.get(f"{k}_ci_low"), m.get(f"{k}_ci_high")
+        ci = f" (95% CI {lo:.3f}–{hi:.3f})" if lo is not None and hi is not None else ""
+        return f"{v:.3f}{ci}" if not math.isnan(v) else "n/a"
+
+    counts = rows["split"].value_counts().to_dict()
+    main = [
+        k
+        for k in (
+            "auroc",
+            "auprc",
+            "accuracy",
+            "balanced_accuracy",
+            "f1",
+            "sensitivity",
+            "specificity",
+            "brier",
+            "ece",
+        )
+        if k in m
+    ]
+    subgroup = sorted(k for k in m if k.startswith("present.") and k.endswith("/auroc"))
+    lines = [
+        f"# Model card: {res.variant.name}",
+        "",
+        "## Intended use",
+        "Research and decision support on de-identified cohorts prepared by clinfuse. Not a "
+        "medical device; predictions need clinical review.",
+        "",
+        "## Model",
+        f"- fusion strategy: `{res.variant.fusion}`; modalities: "
+        f"{', '.join(res.variant.modalities)}; task: {cohort.task}",
+        f"- parameters: {sum(p.numel() for p in res.model.parameters()):,}",
+        f"- decision threshold (chosen on validation): {res.threshold:.3f}",
+        f"- best epoch: {res.fit.best_epoch} of {len(res.fit.history)}",
+        "",
+        "## Data",
+        f"- prepared cohort hash: `{chash}`",
+        f"- patients per split: {counts}",
+        f"- training prevalence: {np.round(np.asarray(res.prior, dtype=float), 3).tolist()}",
+        "",
+        "## Test metrics",
+        *[f"- {k}: {fmt(k)}" for k in main],
+        "",
+        "## Subgroups by available modalities (AUROC)",
+        *(
+            [f"- {k.split('/')[0].removeprefix('present.')}: {m[k]:.3f}" for k in subgroup]
+            or ["- (no subgroup with both classes and >= 10 patients)"]
+        ),
+        "",
+        "## Limits",
+        "- Metrics come from one held-out split of one cohort; expect lower performance on "
+        "other sites, scanners and note styles.",
+        "- Patients without any of the model's modalities get the training prevalence.",
+        "- Confidence intervals are percentile bootstrap over test patients.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@torch.inference_mode()
+def _log_explanations(
+    tracker: Tracker, res: VariantResult, cohort: PreparedCohort, rows: pd.DataFrame
+) -> None:
+    """Attention overlays for a few test patients (volumes) and per-chunk note weights."""
+    test = rows[rows["split"] == "test"]
+    mods = {m: cohort.mods[m] for m in res.variant.modalities}
+    ds = cohort.dataset(test, res.variant.modalities)
+    samples = [s for s in (ds[i] for i in range(len(ds))) if any(m in s for m in mods)]
+    samples = samples[:N_EXPLAIN]
+    if not samples:
+        return
+    device = resolve_device("auto")
+    model = res.model.to(device).eval()
+    batch = Collator(mods, cohort.task)(samples).to(device)
+    with autocast(device, True):
+        out = model(batch.inputs, batch.present)
+    rows_out = []
+    for i, s in enumerate(samples):
+        row = {"patient": s["patient"]}
+        for m, c in (out.get("contributions") or {}).items():
+            row[f"contribution_{m}"] = float(c[i])
+        rows_out.append(row)
+        for key, att in (out.get("attention") or {}).items():
+            target, _, source = key.partition("<-")
+            weights = att[i].float().mean(0).cpu().numpy()  # (N_target, N_source)
+            for name, w in ((source, weights.mean(0)), (target, weights.mean(1))):
+                vol = s.get(name)
+                if isinstance(vol, np.ndarray) and vol.ndim == 4:
+                    side = round(len(w) ** (1 / 3))
+                    if side**3 == len(w):
+                        fig = plots.attention_overlay_figure(
+                            np.asarray(vol[0], np.float32), w.reshape(side, side, side)
+                        )
+                        tracker.log_figure(fig, f"explain/{s['patient']}_{name}_{key}.png")
+                elif name in mods and mods[name].kind == "text":
+                    row[f"{key}:{name}_chunk_weights"] = ",".join(f"{x:.3f}" for x in w)
+    tracker.log_table(pd.DataFrame(rows_out), "explanations")
+
+
+def train_one(
+    cohort: PreparedCohort,
+    rows: pd.DataFrame,
+    variant: Variant,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    resolved_config: dict[str, Any],
+    parent: Tracker,
+    register: str | None,
+) -> VariantRun:
+    """Train one variant in a child run and log everything about it."""
+    chash = cohort_hash(cohort.root)
+    with parent.child(variant.name, tags={"clinfuse.variant": variant.name}) as tracker:
+        tracker.log_params(
+            {
+                "fusion": variant.fusion,
+                "modalities": ",".join(variant.modalities),
+                "unimodal": variant.unimodal,
+                "task": cohort.task,
+                "config": resolved_config,
+            }
+        )
+        tracker.log_dataset_input(chash, len(rows))
+        res = train_variant(
+            cohort,
+            rows,
+            variant,
+            model_cfg,
+            train_cfg,
+            on_epoch=lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch),
+        )
+        tracker.log_metrics(
+            {
+                _metric_key(k): v
+                for k, v in res.test_metrics.items()
+                if isinstance(v, int | float) and not math.isnan(v)
+            }
+        )
+        tracker.log_metrics({"best_epoch": res.fit.best_epoch, "train_seconds": res.fit.seconds})
+        history = (
+            {k: [h.get(k, math.nan) for h in res.fit.history] for k in res.fit.history[0]}
+            if res.fit.history
+            else {}
+        )
+        tracker.log_figure(plots.training_curves_figure(history), "plots/training_curves.png")
+        if cohort.task == "binary" and res.test.labels is not None:
+            _binary_plots(tracker, res.test.labels, res.test.probs, res.threshold)
+        tracker.log_table(_predictions_table(res, cohort.task), "predictions")
+        tracker.log_text(_model_card(res, cohort, rows, chash), "model_card.md")
+        _log_explanations(tracker, res, cohort, rows)
+        info = log_model(
+            tracker,
+            res.model.state_dict(),
+            res.predictor_config,
+            builder=BUILDER,
+            registered_name=register,
+            alias=None,
+        )
+        version = getattr(info, "registered_model_version", None)
+        return VariantRun(
+            variant.name,
+            tracker.run_id,
+            variant.fusion,
+            list(variant.modalities),
+            {k: v for k, v in res.test_metrics.items() if "/" not in k and "." not in k},
+            res.fit.best_value,
+            str(version) if version is not None else None,
+            res.fit.seconds,
+        )
+
+
+def run_experiment(
+    prepared: Path,
+    cohort_cfg: Any,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    resolved_config: dict[str, Any],
+    fusions: list[str],
+    baselines: bool,
+    experiment: str,
+    register: str | None = None,
+    tracking_uri: str | None = None,
+    workdir: Path = Path("."),
+) -> dict[str, Any]:
+    """Train every variant on one shared split under one parent run; return a summary.
+
+    With ``register``, every variant becomes a version of that registered model and the
+    best one by validation metric gets alias ``challenger``.
+    """
+    cohort = PreparedCohort(prepared, cohort_cfg)
+    rows = split_cohort(cohort, train_cfg)
+    variants = plan_variants(sorted(cohort.mods), fusions, baselines)
+    runs: list[VariantRun] = []
+    with Tracker(
+        experiment,
+        "experiment",
+        tracking_uri=tracking_uri,
+        workdir=workdir,
+        tags={"clinfuse.kind": "parent"},
+    ) as parent:
+        parent.log_params(
+            {"variants": ",".join(v.name for v in variants), "config": resolved_config}
+        )
+        parent.log_dataset_input(cohort_hash(prepared), len(rows))
+        for v in variants:
+            log.info("training %s", v.name)
+            runs.append(
+                train_one(cohort, rows, v, model_cfg, train_cfg, resolved_config, parent, register)
+            )
+        table = pd.DataFrame(
+            [
+                {
+                    "variant": r.name,
+                    "fusion": r.fusion,
+                    "modalities": "+".join(r.modalities),
+                    **{
+                        k: r.test_metrics.get(k)
+                        for k in (
+                            "auroc",
+                            "auroc_ci_low",
+                            "auroc_ci_high",
+                            "auprc",
+                            "accuracy",
+                            "brier",
+                            "ece",
+                        )
+                    },
+                    "run_id": r.run_id,
+                    "version": r.version,
+                }
+                for r in runs
+            ]
+        )
+        parent.log_table(table, "variants")
+        challenger = None
+        versioned = [r for r in runs if r.version is not None]
+        if register and versioned:
+            best = max(versioned, key=lambda r: -math.inf if math.isnan(r.best_val) else r.best_val)
+            promote(register, best.version, alias="challenger", tracking_uri=parent.tracking_uri)
+            challenger = best.version
+        status = parent.status
+        parent_id = parent.run_id
+    return {
+        "experiment": experiment,
+        "parent_run_id": parent_id,
+        "tracking": status,
+        "split_sizes": rows["split"].value_counts().to_dict(),
+        "variants": table.drop(columns=["run_id"]).to_dict(orient="records"),
+        "challenger_version": challenger,
+    }
