@@ -169,6 +169,18 @@ def test_no_literal_credentials(services: dict[str, Any]) -> None:
                 assert REQUIRED_RE.match(m.group(1)), f"{name}: URL with a literal password"
 
 
+def test_database_urls_name_their_driver(services: dict[str, Any]) -> None:
+    """SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which the image does not have."""
+    urls = [u for u in _strings(services) if "postgres:5432" in u]
+    urls.append(configparser.ConfigParser(interpolation=None))
+    parser = urls.pop()
+    parser.read(AUTH_INI)
+    urls.append(parser["mlflow"]["database_uri"])
+    assert len(urls) >= 4
+    for url in urls:
+        assert re.match(r"postgresql\+(psycopg2|asyncpg)://", url), url
+
+
 def test_env_example_lists_every_required_variable_without_real_secrets() -> None:
     required = {m.group(1) for m in VAR_RE.finditer(_compose_values()) if m.group(2) == ":?"}
     values = {}
@@ -257,7 +269,7 @@ def test_mlflow_server_arguments(services: dict[str, Any]) -> None:
     assert "--serve-artifacts" in cmd
     assert cmd[cmd.index("--artifacts-destination") + 1].startswith("s3://")
     backend = cmd[cmd.index("--backend-store-uri") + 1]
-    assert backend.startswith("postgresql://") and "@postgres:5432/" in backend
+    assert backend.startswith("postgresql+psycopg2://") and "@postgres:5432/" in backend
     hosts = cmd[cmd.index("--allowed-hosts") + 1].split(",")
     assert {"mlflow", "mlflow:5000", "localhost:*", "127.0.0.1:*"} <= set(hosts)
     assert cmd[cmd.index("--workers") + 1] == "2"
@@ -286,7 +298,7 @@ def test_mlflow_auth_ini_is_read_by_mlflow_and_holds_no_secret(
     cfg = read_auth_config()
     assert cfg.admin_password == "from-the-environment"
     assert cfg.default_permission in ALL_PERMISSIONS
-    assert re.fullmatch(r"postgresql://mlflow@postgres:5432/mlflow_auth", cfg.database_uri)
+    assert cfg.database_uri == "postgresql+psycopg2://mlflow@postgres:5432/mlflow_auth"
 
 
 def test_prefect_server_on_postgres(services: dict[str, Any]) -> None:
@@ -310,7 +322,7 @@ def test_worker_serves_with_read_only_inputs(services: dict[str, Any]) -> None:
     for key in ("CLINFUSE_PSEUDONYM_KEY", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                 "CLINFUSE_DB_URL", "CLINFUSE_DATA_ROOT", "PREFECT_API_AUTH_STRING"):
         assert key in env, key
-    assert env["CLINFUSE_DB_URL"].startswith("postgresql://clinfuse:")
+    assert env["CLINFUSE_DB_URL"].startswith("postgresql+psycopg2://clinfuse:")
     # The worker signs in with its own account, never the MLflow admin's.
     assert "MLFLOW_ADMIN_PASSWORD" not in env["MLFLOW_TRACKING_PASSWORD"]
     binds = {v["target"]: v for v in svc["volumes"] if v["type"] == "bind"}
@@ -621,16 +633,18 @@ def test_mlflow_basic_auth_server_with_compose_arguments(
     # PostgreSQL and this test's databases, a local artifact folder (no S3 here), one
     # loopback worker on a free port. --app-name and --allowed-hosts stay as written.
     swap = {
-        "postgresql://mlflow@postgres:5432/mlflow":
-            f"postgresql://{stack_db['MLFLOW_DB_USER']}@{pg}/{stack_db['MLFLOW_DB_NAME']}",
+        "postgresql+psycopg2://mlflow@postgres:5432/mlflow":
+            f"postgresql+psycopg2://{stack_db['MLFLOW_DB_USER']}@{pg}/"
+            f"{stack_db['MLFLOW_DB_NAME']}",
         "0.0.0.0": "127.0.0.1", "5000": str(port), "2": "1",
     }
     cmd = [swap.get(_defaults(str(c)), _defaults(str(c))) for c in services["mlflow"]["command"]]
     dest = cmd.index("--artifacts-destination") + 1
     cmd[dest] = str(tmp_path / "artifacts")
     ini = AUTH_INI.read_text().replace(
-        "postgresql://mlflow@postgres:5432/mlflow_auth",
-        f"postgresql://{stack_db['MLFLOW_DB_USER']}@{pg}/{stack_db['MLFLOW_AUTH_DB_NAME']}",
+        "postgresql+psycopg2://mlflow@postgres:5432/mlflow_auth",
+        f"postgresql+psycopg2://{stack_db['MLFLOW_DB_USER']}@{pg}/"
+        f"{stack_db['MLFLOW_AUTH_DB_NAME']}",
     )
     (tmp_path / "auth.ini").write_text(ini)
     admin_pw = uuid.uuid4().hex * 2
