@@ -2,8 +2,9 @@
 # Create clinfuse's PostgreSQL roles and databases from the environment.
 #
 # The postgres image runs this once, on the first start with an empty data volume
-# (/docker-entrypoint-initdb.d). It is idempotent, so an admin can also re-run it by hand
-# (e.g. to rotate a role's password: `docker compose exec postgres bash /docker-entrypoint-initdb.d/init-db.sh`).
+# (/docker-entrypoint-initdb.d). It is idempotent, so an admin can also re-run it by hand,
+# e.g. to rotate a role's password after changing it in .env:
+#   docker compose exec postgres bash /docker-entrypoint-initdb.d/10-init-db.sh
 #
 #   role mlflow   -> databases mlflow (tracking + registry) and mlflow_auth (basic-auth users)
 #   role prefect  -> database  prefect (Prefect server)
