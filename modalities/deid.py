@@ -18,7 +18,8 @@ _MONTHS = (
     r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
 )
 _NAME_WORD = r"[A-Z][a-zA-Z'\-]+"
-_NAME = rf"{_NAME_WORD}(?:,?\s+(?:[A-Z]\.?\s+)?{_NAME_WORD}){{0,2}}"
+# Name words are separated by spaces or tabs only: a name never continues on the next line.
+_NAME = rf"{_NAME_WORD}(?:,?[ \t]+(?:[A-Z]\.?[ \t]+)?{_NAME_WORD}){{0,2}}"
 _NAME_CUE = (
     r"(?:Patient(?:\s+name)?|Pt\.?|Name|Mr|Mrs|Ms|Miss|Mx|Dr|Doctor|Attending|"
     r"Physician|Nurse|RN|MD|Signed(?:\s+by)?|Dictated\s+by|Seen\s+by|Referred\s+by|"
@@ -44,7 +45,6 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTHS}\.?,?\s+\d{{4}}\b"), "[DATE]"),
     (re.compile(rf"\b{_MONTHS}\.?\s+\d{{4}}\b"), "[DATE]"),
     (re.compile(r"\b(?:DOB|D\.O\.B\.|Born)\s*[:]?\s*\S+", re.IGNORECASE), "DOB [DATE]"),
-    (re.compile(rf"\b({_NAME_CUE})(\.?\s*:?\s+)(?:{_NAME})"), r"\1\2[NAME]"),
     (re.compile(r"\b\d{6,}\b"), "[ID]"),
 ]
 
@@ -61,8 +61,25 @@ def normalize_text(text: str) -> str:
     return text.strip()
 
 
+_NAME_AFTER_CUE = re.compile(rf"\b({_NAME_CUE})(\.?[ \t]*:?[ \t]+)({_NAME})")
+_NAME_PART = re.compile(r"[A-Z][a-zA-Z'\-]+")
+
+
+def _redact_names(text: str) -> str:
+    """Names after cues, then every other occurrence of those names' words in the note.
+
+    "Patient: Hannah Nakamura ... Ms. Nakamura reports" loses both: a surname seen once
+    after a cue is redacted wherever it appears.
+    """
+    found = {w for m in _NAME_AFTER_CUE.finditer(text) for w in _NAME_PART.findall(m.group(3))}
+    text = _NAME_AFTER_CUE.sub(r"\1\2[NAME]", text)
+    for word in sorted(found, key=len, reverse=True):
+        text = re.sub(rf"\b{re.escape(word)}\b", "[NAME]", text)
+    return text
+
+
 def deidentify(text: str) -> str:
     """Replace PHI-like spans with placeholders (see module docstring), then normalize."""
     for pattern, repl in _RULES:
         text = pattern.sub(repl, text)
-    return normalize_text(text)
+    return normalize_text(_redact_names(text))

@@ -36,3 +36,10 @@ def test_normalize_collapses_whitespace_and_controls() -> None:
 def test_deid_is_idempotent() -> None:
     once = deidentify(NOTE)
     assert deidentify(once) == once
+
+
+def test_name_stops_at_line_end_and_propagates() -> None:
+    note = "Patient: Hannah Nakamura\nMs. Nakamura reports chest pain. Nakamura's son called."
+    out = deidentify(note)
+    assert "Nakamura" not in out and "Hannah" not in out
+    assert "reports chest pain" in out and out.count("[NAME]") >= 3
