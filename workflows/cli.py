@@ -125,6 +125,74 @@ def ingest(
 
 @app.command()
 @user_errors
+def train(
+    prepared: Annotated[Path, typer.Argument(help="Prepared cohort folder (from ingest).")],
+    config: ConfigOpt = "default",
+    fusion: Annotated[
+        list[str] | None, typer.Option("--fusion", help="Fusion strategy; repeat for several.")
+    ] = None,
+    baselines: Annotated[bool, typer.Option(help="Also train one unimodal model each.")] = False,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "clinfuse",
+    register: Annotated[
+        str | None, typer.Option(help="Register every variant as a version of this model.")
+    ] = None,
+    set_: SetOpt = None,
+    workdir: Annotated[Path, typer.Option(help="Local MLflow store/spool folder.")] = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Train fusion variants (and unimodal baselines) and track them in MLflow."""
+    from workflows.train import train_flow
+
+    summary = train_flow(
+        str(prepared), config, set_, fusion, baselines, experiment, register, None, str(workdir)
+    )
+    if as_json:
+        _emit(summary, True, "train")
+        return
+    _variants_table(summary["variants"], "test metrics (95% CI)")
+
+
+def _variants_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("variant", "modalities", "auroc", "95% CI", "auprc", "brier", "version"):
+        table.add_column(col)
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None or v != v else f"{v:.3f}"
+
+    for r in rows:
+        table.add_row(
+            str(r.get("variant")), str(r.get("modalities")), f(r.get("auroc")),
+            f"{f(r.get('auroc_ci_low'))}–{f(r.get('auroc_ci_high'))}", f(r.get("auprc")),
+            f(r.get("brier")), str(r.get("version") or "-"),
+        )
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def compare(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment to compare.")] = "clinfuse",
+    metric: Annotated[str, typer.Option(help="Metric to rank by.")] = "test_auroc",
+    promote: Annotated[
+        str | None, typer.Option(help="Give the best run's version of this model 'champion'.")
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="Local MLflow store folder.")] = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare every run of an experiment; optionally promote the best to champion."""
+    from workflows.compare import run_compare
+
+    summary = run_compare(experiment, metric, promote, workdir, console=None if as_json
+                          else Console())
+    if as_json:
+        _emit(summary, True, "compare")
+
+
+@app.command()
+@user_errors
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(
         "demo-workdir"
