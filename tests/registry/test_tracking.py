@@ -201,3 +201,17 @@ def test_server_down_from_the_start_spools_and_replays_into_new_run(workdir: Pat
     assert run.data.params["model.d_model"] == "64"
     assert len(client.get_metric_history(run_id, "val_auroc")) == 3
     assert client.get_experiment(run.info.experiment_id).name == "offline"
+
+
+def test_importing_registry_does_not_import_mlflow() -> None:
+    """`clinfuse --help` imports registry modules; mlflow (seconds to import) must stay out."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, registry, registry.tracking, registry.model, registry.compare\n"
+        "assert 'mlflow' not in sys.modules, 'mlflow imported at module level'\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
