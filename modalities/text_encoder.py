@@ -178,7 +178,9 @@ def _tiny_random_bert(vocab_size: int) -> nn.Module:
 def load_text_model(cfg: TextEncoderConfig) -> nn.Module:
     """The transformer ``cfg.model`` names (weights offline unless allow_download)."""
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no per-load progress bars in flow logs
     if cfg.model == TINY_RANDOM:
         vocab = _load(AutoConfig, cfg, "model config").vocab_size
         return _tiny_random_bert(vocab)

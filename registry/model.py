@@ -444,3 +444,31 @@ def _linear_reference_builder(config: dict[str, Any]) -> _LinearPredictor:
     if not features or not isinstance(features, list):
         raise ConfigError("reference model config needs 'features': a list of column names")
     return _LinearPredictor(features, int(config.get("n_outputs", 1)))
+
+
+def load_predictor(model_uri: str, tracking_uri: str | None = None) -> tuple[Predictor, str, str]:
+    """Rebuild the Predictor behind ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``).
+
+    Returns ``(predictor, model_name, version)``: batch scoring needs the model itself (to
+    score prepared tensors), not only the DataFrame interface of the pyfunc.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not model_uri.startswith("models:/"):
+        raise ConfigError(f"model URI {model_uri!r} must look like models:/NAME@ALIAS")
+    ref = model_uri.removeprefix("models:/")
+    name, _, alias = ref.partition("@")
+    client = _client(tracking_uri)
+    try:
+        if alias:
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        else:
+            name, _, version = ref.partition("/")
+            client.get_model_version(name, version)
+    except MlflowException:
+        raise ConfigError(
+            f"model {model_uri!r} is not in the registry at the tracking URI; train with "
+            "--register and promote a champion (`clinfuse compare --promote NAME`) first"
+        ) from None
+    model = load_pyfunc(f"models:/{name}/{version}", client.tracking_uri)
+    return model.unwrap_python_model().predictor, name, version

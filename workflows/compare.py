@@ -22,7 +22,7 @@ def run_compare(
 ) -> dict[str, Any]:
     """Compare runs by ``metric``; with ``promote`` give the best run's version ``champion``."""
     configure_runtime()
-    from registry.compare import compare_runs, log_comparison, promote_best, render_table
+    from registry.compare import compare_runs, log_comparison, promote_best
     from registry.plots import comparison_figure
     from registry.tracking import resolve_tracking_uri
 
@@ -30,7 +30,7 @@ def run_compare(
     higher = not metric.removeprefix("test_").startswith(LOWER_IS_BETTER)
     df = compare_runs(experiment, metric, uri, higher_is_better=higher)
     if console is not None:
-        console.print(render_table(df, title=f"{experiment}: runs by {metric}"))
+        console.print(_table(df, metric, f"{experiment}: runs by {metric}"))
     comparison_run = log_comparison(
         df, experiment, lambda d: comparison_figure(d, metric), tracking_uri=uri, workdir=workdir
     )
@@ -50,3 +50,22 @@ def run_compare(
             console.print(f"[green]champion[/] {promote} version {new}"
                           + (f" (was {previous})" if previous else ""))
     return summary
+
+
+def _table(df: Any, metric: str, title: str) -> Any:
+    """A terminal-width table: rank, run, modalities, the metric with its CI, two others."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    extra = [c for c in ("test_auprc", "test_brier", "test_ece") if c in df and c != metric]
+    for col in ("#", "run", "modalities", metric, "95% CI", *extra):
+        table.add_column(col)
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None or v != v else f"{float(v):.3f}"
+
+    for i, (_, r) in enumerate(df.iterrows(), 1):
+        ci = f"{f(r.get(f'{metric}_ci_low'))}–{f(r.get(f'{metric}_ci_high'))}"
+        table.add_row(str(i), str(r.get("run_name")), str(r.get("modalities")),
+                      f(r.get(metric)), ci, *(f(r.get(c)) for c in extra))
+    return table

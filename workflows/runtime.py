@@ -29,7 +29,9 @@ def configure_runtime() -> None:
     for key, value in _DEFAULTS.items():
         os.environ.setdefault(key, value)
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
-    logging.getLogger("monai").setLevel(logging.ERROR)
+    for noisy in ("monai", "mlflow", "alembic", "urllib3", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*shadows an attribute in parent.*")
 
 
 def task_runner(workers: int, dask_address: str | None):

@@ -22,7 +22,7 @@ def train_experiment_task(
     fusions: list[str],
     baselines: bool,
     experiment: str,
-    register: str | None,
+    register_as: str | None,
     tracking_uri: str | None,
     workdir: str,
 ) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def train_experiment_task(
     cfg = load_config(config, overrides)
     return run_experiment(
         Path(prepared), cfg.cohort, cfg.model, cfg.train, cfg.model_dump(mode="json"),
-        fusions, baselines, experiment, register, tracking_uri, Path(workdir),
+        fusions, baselines, experiment, register_as, tracking_uri, Path(workdir),
     )
 
 
@@ -44,7 +44,7 @@ def train_flow(
     fusions: list[str] | None = None,
     baselines: bool = False,
     experiment: str = "clinfuse",
-    register: str | None = None,
+    register_as: str | None = None,
     tracking_uri: str | None = None,
     workdir: str = ".",
 ) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def train_flow(
     cfg = load_config(config, overrides)  # fail fast on a bad config, before any run starts
     names = fusions if fusions is not None else [cfg.model.fusion.name]
     summary = train_experiment_task(
-        prepared, config, overrides or [], names, baselines, experiment, register,
+        prepared, config, overrides or [], names, baselines, experiment, register_as,
         tracking_uri, workdir,
     )
     get_run_logger().info(
