@@ -11,11 +11,62 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "false")
 
-import tempfile  # noqa: E402
+import tempfile
 
 if "PREFECT_HOME" not in os.environ:
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="clinfuse-prefect-")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)  # tiny models: threads cost more than they give on 2 cores
+
+
+# --------------------------------------------------------------------------- real servers
+# Session-scoped (start-up costs ~10 s on 2 cores), stopped by PID at the end; tests isolate
+# themselves by experiment and model names.
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.servers import (  # noqa: E402
+    ServerHandle,
+    postgres_available,
+    postgres_database,
+    sqlite_uri,
+    start_mlflow_server,
+)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_handle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """A real ``mlflow server`` (SQLite backend, proxied artifacts, one worker)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    handle = start_mlflow_server(
+        sqlite_uri(root / "mlflow.db"), root / "artifacts", root / "server.log"
+    )
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_server_handle: ServerHandle) -> str:
+    """Tracking URI (``http://127.0.0.1:PORT``) of the session's SQLite-backed server."""
+    return mlflow_server_handle.url
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Tracking URI of a server whose backend store is a fresh PostgreSQL database."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    root = tmp_path_factory.mktemp("mlflow-server-pg")
+    with postgres_database("clinfuse_mlflow") as db_uri:
+        handle = start_mlflow_server(db_uri, root / "artifacts", root / "server.log")
+        try:
+            yield handle.url
+        finally:
+            handle.stop()
+
+

@@ -37,7 +37,7 @@ def _manifest(tmp_path: Path, rows: list[dict[str, str]]) -> Path:
 
 ROWS = [
     {"patient_id": "MRN-A", "note": "good.txt", "label": "1", "split": ""},
-    {"patient_id": "MRN-B", "note": "inline note: no acute findings", "label": "0", "split": "test"},
+    {"patient_id": "MRN-B", "note": "inline: no acute findings", "label": "0", "split": "test"},
     {"patient_id": "MRN-C", "note": "empty.txt", "label": "0", "split": ""},
     {"patient_id": "MRN-D", "note": "binary.txt", "label": "1", "split": ""},
     {"patient_id": "MRN-E", "note": "../outside.txt", "label": "1", "split": ""},

@@ -41,7 +41,7 @@ def test_bad_values_name_the_key(overrides: list[str], match: str) -> None:
 
 
 def test_unknown_recipe_lists_valid_names(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="valid names: .*tiny"):
+    with pytest.raises(ConfigError, match=r"valid names: .*tiny"):
         load_config("nope")
     bad = tmp_path / "bad.yaml"
     bad.write_text("cohort: [1, 2")
@@ -51,5 +51,5 @@ def test_unknown_recipe_lists_valid_names(tmp_path: Path) -> None:
 
 def test_unknown_modality_type_lists_valid_names() -> None:
     cfg = load_config("tiny", ["cohort.modalities.pet={}"])
-    with pytest.raises(ConfigError, match="unknown modality 'pet'; valid names: .*ct"):
+    with pytest.raises(ConfigError, match=r"unknown modality 'pet'; valid names: .*ct"):
         cfg.cohort.build()
