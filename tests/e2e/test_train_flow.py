@@ -1,0 +1,157 @@
+"""Train -> compare -> promote -> load by alias in a fresh process, against real MLflow servers.
+
+The champion scores raw inputs (DICOM folders, NIfTI files, note files) through
+``mlflow.pyfunc`` and must reproduce the per-case predictions logged at training time from
+the prepared cache (same preprocessing as ingest). A PHI canary then greps MLflow's
+database, artifacts and the CLI output for the fake PHI synth wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from modalities.pseudonym import Pseudonymizer
+
+pytestmark = pytest.mark.slow
+
+MODEL = "e2e-fusion"
+EXPERIMENT = "e2e-train"
+
+
+def clinfuse(*args: str, tracking_uri: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PREFECT_LOGGING_LEVEL": "INFO"}
+    res = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", *args],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=1500, check=False,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    return res
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_cohort: Path, mlflow_server: str, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("train-work")
+    train = clinfuse(
+        "train", str(prepared_cohort), "--config", "tiny", "--fusion", "concat",
+        "--fusion", "cross_attention", "--baselines", "--experiment", EXPERIMENT,
+        "--register", MODEL, "--set", "train.max_epochs=5", "--set", "train.n_boot=100",
+        "--workdir", str(work), "--json", tracking_uri=mlflow_server, cwd=work,
+    )
+    compare = clinfuse(
+        "compare", "--experiment", EXPERIMENT, "--promote", MODEL, "--workdir", str(work),
+        "--json", tracking_uri=mlflow_server, cwd=work,
+    )
+    return {"train": train, "compare": compare, "work": work,
+            "summary": json.loads(train.stdout), "comparison": json.loads(compare.stdout)}
+
+
+def test_every_variant_tracked_and_registered(trained: dict) -> None:
+    s = trained["summary"]
+    names = {v["variant"] for v in s["variants"]}
+    assert names == {"concat", "cross_attention", "unimodal_ct", "unimodal_mri",
+                     "unimodal_note"}
+    for v in s["variants"]:
+        assert 0.0 <= v["auroc"] <= 1.0 and v["auroc_ci_low"] <= v["auroc"] <= v["auroc_ci_high"]
+        assert v["version"] is not None
+    assert s["challenger_version"] is not None and s["tracking"] == "finished"
+    assert set(s["split_sizes"]) == {"train", "val", "test"}
+
+
+def test_compare_promotes_the_best_run(trained: dict, mlflow_server: str) -> None:
+    from mlflow import MlflowClient
+
+    c = trained["comparison"]
+    assert c["runs"] == 5 and c["champion"] is not None
+    ranking = [r["test_auroc"] for r in c["ranking"]]
+    assert ranking == sorted(ranking, reverse=True)
+    client = MlflowClient(mlflow_server)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(champion.version) == str(c["champion"])
+    run = client.get_run(champion.run_id)
+    assert run.data.metrics["test_auroc"] == pytest.approx(ranking[0])
+    assert run.data.params["fusion"] in {"concat", "cross_attention"} or \
+        run.data.params["modalities"] in {"ct", "mri", "note"}
+    arts = {a.path for a in client.list_artifacts(champion.run_id, "plots")}
+    assert {"plots/roc.png", "plots/calibration.png", "plots/training_curves.png"} <= arts
+    card = client.download_artifacts(champion.run_id, "model_card.md", str(trained["work"]))
+    assert "95% CI" in Path(card).read_text()
+
+
+def test_champion_scores_raw_inputs_in_a_fresh_process(
+    trained: dict, synthetic_cohort: Path, mlflow_server: str
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    run_id = client.get_model_version_by_alias(MODEL, "champion").run_id
+    table = pd.read_csv(client.download_artifacts(run_id, "tables/predictions.csv",
+                                                  str(trained["work"])))
+    manifest = pd.read_csv(synthetic_cohort / "manifest.csv", dtype=str, keep_default_na=False)
+    pseudo = Pseudonymizer.from_env()
+    manifest["patient"] = manifest["patient_id"].map(pseudo)
+    raw = manifest[manifest["patient"].isin(table["patient"])].copy()
+    for col in ("ct", "mri", "note"):
+        raw[col] = [str(synthetic_cohort / v) if v else "" for v in raw[col]]
+    inputs = trained["work"] / "raw_inputs.csv"
+    raw[["patient", "ct", "mri", "note"]].to_csv(inputs, index=False)
+    out = trained["work"] / "pyfunc_out.csv"
+    code = (
+        "import sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri({mlflow_server!r})\n"
+        f"m = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
+        f"df = pd.read_csv({str(inputs)!r}, dtype=str, keep_default_na=False)\n"
+        "res = m.predict(df[['ct', 'mri', 'note']])\n"
+        "res.insert(0, 'patient', df['patient'].values)\n"
+        f"res.to_csv({str(out)!r}, index=False)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = pd.read_csv(out).merge(table, on="patient", suffixes=("", "_logged"))
+    assert len(got) == len(table) > 0
+    pd.testing.assert_series_equal(
+        got["probability"], got["probability_logged"], check_names=False, atol=1e-4
+    )
+    assert (got["rejected"].fillna("") == "").all()
+
+
+def test_postgresql_backend_store(prepared_cohort: Path, mlflow_server_pg: str, tmp_path):
+    from mlflow import MlflowClient
+
+    summary = json.loads(clinfuse(
+        "train", str(prepared_cohort), "--config", "tiny", "--fusion", "concat",
+        "--experiment", "e2e-pg", "--register", "e2e-pg-model", "--set", "train.max_epochs=1",
+        "--set", "train.n_boot=20", "--workdir", str(tmp_path), "--json",
+        tracking_uri=mlflow_server_pg, cwd=tmp_path,
+    ).stdout)
+    client = MlflowClient(mlflow_server_pg)
+    version = client.get_model_version_by_alias("e2e-pg-model", "challenger")
+    assert str(version.version) == str(summary["challenger_version"])
+    assert "test_auroc" in client.get_run(version.run_id).data.metrics
+
+
+def test_phi_canary_over_mlflow(trained: dict, synthetic_cohort: Path,
+                                mlflow_server_handle) -> None:
+    phi = json.loads((synthetic_cohort / "phi.json").read_text())
+    needles = {v for k in ("names", "dicom_names", "mrns", "birth_dates", "visit_dates",
+                           "phones") for v in phi[k] if len(v) >= 5}
+    needles |= {p for n in phi["names"] for p in n.replace(",", " ").split() if len(p) >= 5}
+    manifest = pd.read_csv(synthetic_cohort / "manifest.csv", dtype=str)
+    needles |= set(manifest["patient_id"])
+    server_root = Path(mlflow_server_handle.log_path).parent
+    files = [p for p in server_root.rglob("*") if p.is_file() and p.suffix != ".log"]
+    files += [p for p in trained["work"].rglob("*") if p.is_file() and "raw_inputs" not in p.name
+              and "pyfunc_out" not in p.name]
+    assert any(p.suffix == ".db" for p in files), "MLflow's database was not found"
+    blobs = {str(p): p.read_bytes() for p in files}
+    blobs["cli"] = (trained["train"].stdout + trained["train"].stderr
+                    + trained["compare"].stdout + trained["compare"].stderr).encode()
+    leaks = [(n, k) for k, b in blobs.items() for n in needles if n.encode() in b]
+    assert not leaks, leaks[:5]
