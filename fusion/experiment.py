@@ -18,6 +18,7 @@ from fusion.config import ModelConfig
 from fusion.data import Collator, PreparedCohort
 from fusion.metrics import choose_threshold, evaluate, presence_pattern
 from fusion.model import FusionModel, build_model
+from fusion.scoring import score_reference
 from fusion.splits import assign_splits, check_no_leakage
 from fusion.train import (
     FitResult,
@@ -205,6 +206,10 @@ def train_variant(
         "label_names": cohort.label_columns if cohort.task != "multiclass"
         else (cohort.cfg.classes or None),
         "task": cohort.task,
+        # Drift reference for scoring: the test split's score histogram and presence rates.
+        "reference": score_reference(
+            test.probs, {m: float(np.mean(p)) for m, p in test.present.items()}, prior
+        ),
     }
     return VariantResult(variant, model, mcfg, predictor_config, result, threshold, test,
                          metrics, prior)

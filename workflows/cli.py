@@ -193,6 +193,41 @@ def compare(
 
 @app.command()
 @user_errors
+def score(
+    prepared: Annotated[Path, typer.Argument(help="Prepared cohort folder (from ingest).")],
+    out: Annotated[Path, typer.Option("--out", help="Predictions folder.")],
+    model: Annotated[str, typer.Option(help="Model URI, models:/NAME@ALIAS.")] = (
+        "models:/clinfuse@champion"
+    ),
+    db_url: Annotated[
+        str | None,
+        typer.Option(help="PostgreSQL URL: predictions are upserted into clinfuse_predictions."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Patients per forward pass.")] = 64,
+    dask: Annotated[
+        str | None, typer.Option(help="Dask scheduler address, or 'local' for a LocalCluster.")
+    ] = None,
+    shards: Annotated[int | None, typer.Option(help="Shards to fan out (default 2 w/ Dask).")] = (
+        None
+    ),
+    workdir: Annotated[Path, typer.Option(help="Local MLflow store folder.")] = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a prepared cohort with a registered model; exactly once, resumable."""
+    from workflows.score import run_score
+
+    summary = run_score(prepared, out, model, db_url, workdir, batch_size, dask, shards)
+    if as_json:
+        _emit(summary, True, "score")
+        return
+    brief = {k: summary[k] for k in ("model_name", "model_version", "eligible", "scored_now",
+                                      "already_scored", "skipped_by_reason", "predictions_path",
+                                      "mlflow_run_id")}
+    _emit(brief, False, "score")
+
+
+@app.command()
+@user_errors
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(
         "demo-workdir"
