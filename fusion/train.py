@@ -3,6 +3,11 @@
 Device auto (CUDA with bf16 autocast, else CPU), AdamW with a cosine schedule and linear
 warm-up, gradient clipping, early stopping on a validation metric, seeded. New objectives
 are heads or tasks, never copies of this loop.
+
+Under torchrun (an initialised process group, see ``fusion.distributed``) the same loop runs
+data-parallel: training loaders are sharded, the model is wrapped in DDP once, rank 0 alone
+validates and decides early stopping, and the decision is broadcast. Without a process
+group nothing changes.
 """
 
 from __future__ import annotations
@@ -19,9 +24,20 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from fusion.data import Batch
+from fusion.distributed import (
+    ShardSampler,
+    all_reduce_mean,
+    broadcast_object,
+    distributed,
+    is_main,
+    rank,
+    rank_seed,
+    world_size,
+    wrap_ddp,
+)
 
 
 class TrainConfig(BaseModel):
@@ -30,7 +46,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_epochs: int = Field(20, ge=1, description="upper bound on epochs")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="per process under DDP (global = x ranks)")
     lr: float = Field(1e-3, gt=0, description="peak AdamW learning rate")
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.05, ge=0, lt=1, description="share of steps warming up")
@@ -94,6 +110,9 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
     seconds: float = 0.0
+    world_size: int = 1
+    train_samples: list[int] = field(default_factory=list)  # this process, per epoch
+    train_patients: list[str] = field(default_factory=list)  # this process, last epoch
 
 
 @torch.inference_mode()
@@ -146,10 +165,23 @@ def fit(
 
     ``on_epoch(epoch, metrics)`` receives ``train_loss``, ``lr``, ``epoch_seconds`` and
     ``val_<metric>`` for every epoch (the tracker logs them in one batch).
+
+    Under DDP (``fusion.distributed``): ``model`` is wrapped once here and stays the plain
+    module for validation, state dicts and the caller; ``train_loss`` is the mean over all
+    ranks; only rank 0 runs ``validate`` and ``on_epoch`` and decides whether the epoch
+    improved or training stops, and broadcasts that (with the metrics), so every rank keeps
+    the same best weights and stops at the same epoch.
     """
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     model.to(device)
+    ddp = distributed()
+    net = wrap_ddp(model, device) if ddp else model
+    main = is_main()
+    if rank() > 0:
+        # Rank 0 keeps the single-process random stream (so one rank reproduces plain fit);
+        # the others get their own, so dropout and modality-dropout masks differ per rank.
+        torch.manual_seed(rank_seed(cfg.seed, rank()))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.max_epochs * max(1, len(train_loader))
@@ -157,16 +189,21 @@ def fit(
         opt, _schedule(total, int(cfg.warmup_fraction * total))
     )
     sign = 1.0 if cfg.monitor_mode == "max" else -1.0
-    best = FitResult(copy.deepcopy(model.state_dict()), -1, -math.inf * sign)
+    best = FitResult(copy.deepcopy(model.state_dict()), -1, -math.inf * sign,
+                     world_size=world_size())
     stale = 0
     for epoch in range(cfg.max_epochs):
         t0 = time.perf_counter()
-        model.train()
+        sampler = getattr(train_loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        net.train()
         losses = []
+        seen: list[str] = []
         for batch in train_loader:
             batch: Batch = batch.to(device)
             with autocast(device, cfg.bf16):
-                out = model(batch.inputs, batch.present, batch.labels)
+                out = net(batch.inputs, batch.present, batch.labels)
             loss = out["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -175,26 +212,33 @@ def fit(
             opt.step()
             sched.step()
             losses.append(loss.detach())
-        metrics = {
-            "train_loss": float(torch.stack(losses).mean()) if losses else math.nan,
-            "lr": float(sched.get_last_lr()[0]),
-        }
-        val = validate(predict(model, val_loader, task, device, cfg.bf16))
-        metrics |= {f"val_{k}": v for k, v in val.items()}
-        metrics["epoch_seconds"] = time.perf_counter() - t0
+            seen += batch.patients
+        best.train_samples.append(len(seen))
+        best.train_patients = seen
+        train_loss = all_reduce_mean(losses)  # a collective: every rank calls it
+        decision = None
+        if main:
+            metrics = {"train_loss": train_loss, "lr": float(sched.get_last_lr()[0])}
+            val = validate(predict(model, val_loader, task, device, cfg.bf16))
+            metrics |= {f"val_{k}": v for k, v in val.items()}
+            metrics["epoch_seconds"] = time.perf_counter() - t0
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+            value = val.get(cfg.monitor, math.nan)
+            improved = not math.isnan(value) and sign * value > sign * best.best_value
+            stale = 0 if improved else stale + 1
+            decision = (metrics, value, improved, not improved and stale >= cfg.patience)
+        if ddp:
+            decision = broadcast_object(decision)
+        metrics, value, improved, stop = decision
         best.history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-        value = val.get(cfg.monitor, math.nan)
-        if not math.isnan(value) and sign * value > sign * best.best_value:
+        if improved:
             best.best_state = {k: v.detach().to("cpu", copy=True)
                                for k, v in model.state_dict().items()}
-            best.best_epoch, best.best_value, stale = epoch, value, 0
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                best.stopped_early = True
-                break
+            best.best_epoch, best.best_value = epoch, value
+        elif stop:
+            best.stopped_early = True
+            break
     if best.best_epoch < 0:  # metric undefined every epoch (e.g. one-class val): keep last
         best.best_state = {k: v.detach().to("cpu", copy=True)
                            for k, v in model.state_dict().items()}
@@ -206,15 +250,30 @@ def fit(
 
 def make_loader(
     dataset: Any, collate: Callable[..., Batch], cfg: TrainConfig, shuffle: bool,
-    device: torch.device | None = None,
+    device: torch.device | None = None, shard: bool | None = None,
 ) -> DataLoader:
-    """DataLoader with the project's defaults (seeded shuffling, pinned memory on CUDA)."""
+    """DataLoader with the project's defaults (seeded shuffling, pinned memory on CUDA).
+
+    ``shard`` (default: ``shuffle`` inside a process group) gives each rank its own slice
+    of every epoch's permutation (``ShardSampler``; ``fit`` calls ``set_epoch``). Training
+    loaders shuffle and so are sharded; evaluation loaders do not shuffle and stay whole, so
+    validation and test metrics are exact over the full split on whichever rank runs them.
+    ``cfg.batch_size`` is per process.
+    """
     g = torch.Generator().manual_seed(cfg.seed)
     cuda = (device or resolve_device(cfg.device)).type == "cuda"
+    if shard is None:
+        shard = shuffle and distributed()
+    sampler = None
+    if shard:
+        # Shares the loader's generator, drawing what a plain shuffled loader would draw.
+        sampler = ShardSampler(dataset, g, num_replicas=world_size(), rank=rank(),
+                               shuffle=shuffle)
     return DataLoader(
         dataset,
         batch_size=cfg.batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         collate_fn=collate,
         num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
