@@ -222,8 +222,15 @@ def _series_value(s: _Series, root: Path, uids_below: dict[str, set[str]]) -> st
 
 
 def _read_notes(path: Path) -> pd.DataFrame:
-    """Notes export (CSV or JSONL) -> DataFrame(patient_id, text, date) of strings."""
+    """Notes export (CSV or JSONL, or a folder of them) -> DataFrame(patient_id, text, date)."""
     path = Path(path)
+    if path.is_dir():  # a drop folder of nightly exports: every .csv/.jsonl in name order
+        files = sorted(p for p in path.iterdir()
+                       if p.suffix.lower() in (".csv", ".jsonl", ".ndjson") and p.is_file())
+        frames = [_read_notes(f) for f in files]
+        if not frames:
+            return pd.DataFrame(columns=["patient_id", "text", "date"])
+        return pd.concat(frames, ignore_index=True)
     if not path.is_file():
         raise ConfigError(f"notes file {path} does not exist")
     suffix = path.suffix.lower()

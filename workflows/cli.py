@@ -228,6 +228,18 @@ def score(
 
 @app.command()
 @user_errors
+def serve(
+    config: ConfigOpt = "default",
+    set_: SetOpt = None,
+) -> None:
+    """Serve the nightly pipeline (cron from config) and on-demand scoring via Prefect."""
+    from workflows.serve import serve as run_serve
+
+    run_serve(config, set_)
+
+
+@app.command()
+@user_errors
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(
         "demo-workdir"

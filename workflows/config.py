@@ -35,6 +35,36 @@ class IngestSettings(BaseModel):
     dask_address: str | None = None  # "local" for a LocalCluster, or tcp://host:8786
 
 
+class ServeSettings(BaseModel):
+    """What ``clinfuse serve`` deploys: the nightly pipeline's schedule, folders and model.
+
+    Folders default to ``$CLINFUSE_DATA_ROOT/{dicom-drop,notes,work}`` (the compose worker's
+    mounts). The PostgreSQL URL for predictions is read from the environment variable named
+    by ``db_url_env`` (secrets never live in config files).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    nightly_cron: str = "30 2 * * *"
+    timezone: str = "UTC"
+    drop_dir: str | None = None
+    notes: str | None = None
+    workdir: str | None = None
+    model: str = "models:/clinfuse@champion"
+    db_url_env: str = "CLINFUSE_DB_URL"
+
+    def folders(self) -> dict[str, str]:
+        """Resolved drop, notes and work folders."""
+        import os
+
+        root = Path(os.environ.get("CLINFUSE_DATA_ROOT", "."))
+        return {
+            "drop_dir": self.drop_dir or str(root / "dicom-drop"),
+            "notes": self.notes or str(root / "notes"),
+            "workdir": self.workdir or str(root / "work"),
+        }
+
+
 class Config(BaseModel):
     """The resolved configuration of a run (logged with it)."""
 
@@ -45,7 +75,7 @@ class Config(BaseModel):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    score: dict[str, Any] = Field(default_factory=dict)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
 
 def available_configs() -> list[str]:

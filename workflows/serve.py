@@ -1,0 +1,49 @@
+"""``clinfuse serve``: serve the nightly and on-demand scoring deployments from this process.
+
+``prefect.serve`` registers the deployments with the Prefect API (``PREFECT_API_URL``) and
+runs their flow runs here, on schedule (the nightly cron from config) or on demand
+(``prefect deployment run clinfuse-nightly/nightly``). prefect.yaml defines the same
+deployments for a process work pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workflows.runtime import configure_runtime
+
+
+def build_deployments(config: str = "default", overrides: list[str] | None = None) -> list[Any]:
+    """The deployments ``serve`` runs: ``clinfuse-nightly/nightly`` and ``clinfuse-score/score``."""
+    configure_runtime()
+    from workflows.config import load_config
+    from workflows.nightly import nightly_flow
+    from workflows.score import score_flow
+
+    cfg = load_config(config, overrides)
+    folders = cfg.serve.folders()
+    nightly = nightly_flow.to_deployment(
+        name="nightly",
+        cron=cfg.serve.nightly_cron,
+        parameters={"config": config, "overrides": overrides or [], **folders,
+                    "model": cfg.serve.model},
+        description="Index the DICOM drop and notes, ingest what is new, score with the "
+                    "champion.",
+        tags=["clinfuse"],
+    )
+    score = score_flow.to_deployment(
+        name="score",
+        parameters={"prepared": f"{folders['workdir']}/prepared",
+                    "out": f"{folders['workdir']}/predictions", "model": cfg.serve.model,
+                    "workdir": folders["workdir"]},
+        description="Score the prepared cohort with a registered model (on demand).",
+        tags=["clinfuse"],
+    )
+    return [nightly, score]
+
+
+def serve(config: str = "default", overrides: list[str] | None = None) -> None:
+    """Block, serving the deployments (Ctrl-C or SIGTERM stops)."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*build_deployments(config, overrides))
