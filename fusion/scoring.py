@@ -76,7 +76,8 @@ class ScoreSummary:
     ``skipped`` lists ``{"patient", "reason"}`` for every patient in the prepared cohort
     (or its quarantine) that the model cannot score. ``distribution`` and ``drift`` cover
     every current prediction of this model version, whether scored now or earlier.
-    ``peak_rss_mb`` is the process's peak resident set (getrusage), not this run's alone.
+    ``peak_rss_mb`` is the process's peak resident set (getrusage), not this run's alone
+    (in a freshly exec'd child it may even include the parent's RSS at fork time).
     """
 
     model_name: str
