@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,8 @@ from modalities.synth import synth_cohort
 from workflows.config import load_config
 
 E2E_PATIENTS = 72
+MODEL = "e2e-fusion"
+EXPERIMENT = "e2e-train"
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +41,30 @@ def prepared_cohort(synthetic_cohort: Path, tmp_path_factory: pytest.TempPathFac
     summary = write_prepared(out, outcomes, cohort, "e2e")
     assert summary["quarantined"] == 0, summary
     return out
+
+
+def clinfuse(*args: str, tracking_uri: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PREFECT_LOGGING_LEVEL": "INFO"}
+    res = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", *args],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=1500, check=False,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    return res
+
+
+@pytest.fixture(scope="session")
+def trained(prepared_cohort: Path, mlflow_server: str, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("train-work")
+    train = clinfuse(
+        "train", str(prepared_cohort), "--config", "tiny", "--fusion", "concat",
+        "--fusion", "cross_attention", "--baselines", "--experiment", EXPERIMENT,
+        "--register", MODEL, "--set", "train.max_epochs=5", "--set", "train.n_boot=100",
+        "--workdir", str(work), "--json", tracking_uri=mlflow_server, cwd=work,
+    )
+    compare = clinfuse(
+        "compare", "--experiment", EXPERIMENT, "--promote", MODEL, "--workdir", str(work),
+        "--json", tracking_uri=mlflow_server, cwd=work,
+    )
+    return {"train": train, "compare": compare, "work": work,
+            "summary": json.loads(train.stdout), "comparison": json.loads(compare.stdout)}

@@ -9,7 +9,6 @@ database, artifacts and the CLI output for the fake PHI synth wrote.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,38 +17,9 @@ import pandas as pd
 import pytest
 
 from modalities.pseudonym import Pseudonymizer
+from tests.e2e.conftest import MODEL, clinfuse
 
 pytestmark = pytest.mark.slow
-
-MODEL = "e2e-fusion"
-EXPERIMENT = "e2e-train"
-
-
-def clinfuse(*args: str, tracking_uri: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PREFECT_LOGGING_LEVEL": "INFO"}
-    res = subprocess.run(
-        [sys.executable, "-m", "workflows.cli", *args],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=1500, check=False,
-    )
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res
-
-
-@pytest.fixture(scope="module")
-def trained(prepared_cohort: Path, mlflow_server: str, tmp_path_factory) -> dict:
-    work = tmp_path_factory.mktemp("train-work")
-    train = clinfuse(
-        "train", str(prepared_cohort), "--config", "tiny", "--fusion", "concat",
-        "--fusion", "cross_attention", "--baselines", "--experiment", EXPERIMENT,
-        "--register", MODEL, "--set", "train.max_epochs=5", "--set", "train.n_boot=100",
-        "--workdir", str(work), "--json", tracking_uri=mlflow_server, cwd=work,
-    )
-    compare = clinfuse(
-        "compare", "--experiment", EXPERIMENT, "--promote", MODEL, "--workdir", str(work),
-        "--json", tracking_uri=mlflow_server, cwd=work,
-    )
-    return {"train": train, "compare": compare, "work": work,
-            "summary": json.loads(train.stdout), "comparison": json.loads(compare.stdout)}
 
 
 def test_every_variant_tracked_and_registered(trained: dict) -> None:
