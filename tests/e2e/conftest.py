@@ -43,8 +43,12 @@ def prepared_cohort(synthetic_cohort: Path, tmp_path_factory: pytest.TempPathFac
     return out
 
 
-def clinfuse(*args: str, tracking_uri: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PREFECT_LOGGING_LEVEL": "INFO"}
+def clinfuse(
+    *args: str, tracking_uri: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess against ``tracking_uri``; fail with its stderr."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PREFECT_LOGGING_LEVEL": "INFO",
+           **(env or {})}
     res = subprocess.run(
         [sys.executable, "-m", "workflows.cli", *args],
         capture_output=True, text=True, env=env, cwd=cwd, timeout=1500, check=False,
