@@ -1,0 +1,31 @@
+"""The README's main command: `clinfuse demo` runs every stage end to end on embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "CLINFUSE_PSEUDONYM_KEY", "PREFECT_HOME")}
+    res = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "demo", "--workdir", str(tmp_path),
+         "--patients", "40"],
+        capture_output=True, text=True, env=env, timeout=1800, check=False, cwd=tmp_path,
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    out = res.stdout
+    for stage in ("synth", "ingest", "re-ingest", "train", "champion", "score", "mlflow ui"):
+        assert stage in out, (stage, out[-3000:])
+    assert (tmp_path / "mlflow.db").exists()
+    pred = pd.read_parquet(tmp_path / "predictions" / "predictions.parquet")
+    cohort = pd.read_parquet(tmp_path / "prepared" / "cohort.parquet")
+    assert len(pred) > 0 and pred["patient"].isin(cohort["patient"]).all()
