@@ -419,8 +419,13 @@ def tracked_run(
     cfg, task = p.train_cfg, p.cohort.task
     loader = cached_loader(p, cfg)
     val_rows = p.rows[p.rows["split"] == "val"]
-    val_loader = make_loader(p.cohort.dataset(val_rows, p.variant.modalities), collator(p),
-                             cfg, False, resolve_device(cfg.device))
+    val_loader = make_loader(
+        p.cohort.dataset(val_rows, p.variant.modalities),
+        collator(p),
+        cfg,
+        False,
+        resolve_device(cfg.device),
+    )
 
     def validate(pred: Any) -> dict[str, float]:
         return evaluate(task, pred.labels, pred.probs, n_boot=0)
@@ -430,22 +435,37 @@ def tracked_run(
         warm.log_metrics({"x": 0.0})
     setup_s = time.perf_counter() - t0
 
-    resolved = {"model": p.model_cfg.model_dump(mode="json"),
-                "train": cfg.model_dump(mode="json"),
-                "cohort": p.cohort.cfg.model_dump(mode="json")}
+    resolved = {
+        "model": p.model_cfg.model_dump(mode="json"),
+        "train": cfg.model_dump(mode="json"),
+        "cohort": p.cohort.cfg.model_dump(mode="json"),
+    }
     t0 = time.perf_counter()
     tracker = TimedTracker(
         Tracker(experiment, "measured", tracking_uri=uri, workdir=workdir, flush_every=flush_every)
     )
     tracker.start()
-    tracker.log_params({"fusion": p.variant.fusion, "modalities": ",".join(p.variant.modalities),
-                        "task": task, "config": resolved})
+    tracker.log_params(
+        {
+            "fusion": p.variant.fusion,
+            "modalities": ",".join(p.variant.modalities),
+            "task": task,
+            "config": resolved,
+        }
+    )
     tracker.log_dataset_input(cohort_hash(p.prepared), len(p.rows))
     one_off = tracker.seconds
     remove = _step_logging(model, tracker) if per_step else (lambda: None)
     try:
         fit_wall, _ = time_epochs(
-            model, state0, loader, cfg, task, epochs, val_loader, validate,
+            model,
+            state0,
+            loader,
+            cfg,
+            task,
+            epochs,
+            val_loader,
+            validate,
             on_epoch=lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch),
         )
     finally:
@@ -459,7 +479,8 @@ def tracked_run(
     # Named baseline: the same fit with no tracker at all.
     base_wall = (
         time_epochs(model, state0, loader, cfg, task, epochs, val_loader, validate)[0]
-        if baseline else math.nan
+        if baseline
+        else math.nan
     )
     return {
         "setup_s": setup_s,
@@ -522,8 +543,10 @@ def cuda_checks(p: Prepared, epochs: int) -> dict[str, float]:
 
     def fake(b: Batch) -> Batch:
         inputs = {
-            m: {k: (torch.rand_like(v) if torch.is_tensor(v) and v.is_floating_point() else v)
-                for k, v in d.items()}
+            m: {
+                k: (torch.rand_like(v) if torch.is_tensor(v) and v.is_floating_point() else v)
+                for k, v in d.items()
+            }
             for m, d in b.inputs.items()
         }
         out = Batch(inputs, b.present, b.labels, b.patients)
@@ -544,8 +567,10 @@ def cuda_checks(p: Prepared, epochs: int) -> dict[str, float]:
 
 def _row(name: str, best: tuple[float, float], base: float, runs: list[tuple[float, float]]) -> str:
     every = ", ".join(f"{e:.2f}/{d:.2f}" for e, d in runs)
-    return (f"{name:42s} {best[0]:9.3f} {best[1]:9.3f} {base / best[0]:8.1f}x  "
-            f"(all, epoch/data: {every})")
+    return (
+        f"{name:42s} {best[0]:9.3f} {best[1]:9.3f} {base / best[0]:8.1f}x  "
+        f"(all, epoch/data: {every})"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -553,7 +578,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patients", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--ct-shape", type=int, nargs=3, default=(192, 192, 80), metavar=("X", "Y", "Z"),
+        "--ct-shape",
+        type=int,
+        nargs=3,
+        default=(192, 192, 80),
+        metavar=("X", "Y", "Z"),
         help="voxels per synthetic CT series (1.5 mm pixels, 2.5 mm slices); synth_cohort's "
         "own default is 48 48 24",
     )
@@ -562,8 +591,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--repeats", type=int, default=3, help="timed epochs per pipeline (best)")
     ap.add_argument("--mlflow-epochs", type=int, default=12, help="epochs of the tracked run")
-    ap.add_argument("--flush-every", type=int, default=10,
-                    help="Tracker flush_every (10 = the default registry.experiment uses)")
+    ap.add_argument(
+        "--flush-every",
+        type=int,
+        default=10,
+        help="Tracker flush_every (10 = the default registry.experiment uses)",
+    )
     ap.add_argument("--no-server", action="store_true", help="skip the mlflow server part")
     ap.add_argument("--quick", action="store_true", help="30 patients, 1 repeat, no server")
     a = ap.parse_args(argv)
@@ -593,34 +626,63 @@ def main(argv: list[str] | None = None) -> None:
         )
 
         r = cache_vs_naive(p, a.repeats)
-        print(f"\n1. one training epoch: {r['samples']} train patients, {r['steps']} steps of "
-              f"batch {r['batch_size']}; best of {a.repeats}")
+        print(
+            f"\n1. one training epoch: {r['samples']} train patients, {r['steps']} steps of "
+            f"batch {r['batch_size']}; best of {a.repeats}"
+        )
         print(f"{'pipeline':42s} {'s/epoch':>9s} {'data s':>9s} {'vs naive':>9s}")
-        print(_row("naive MONAI (raw DICOM + note every epoch)", (r["naive"], r["naive_data"]),
-                   r["naive"], r["naive_all"]))
-        print(_row("clinfuse prepared cache", (r["ours"], r["ours_data"]), r["naive"],
-                   r["ours_all"]))
+        print(
+            _row(
+                "naive MONAI (raw DICOM + note every epoch)",
+                (r["naive"], r["naive_data"]),
+                r["naive"],
+                r["naive_all"],
+            )
+        )
+        print(
+            _row("clinfuse prepared cache", (r["ours"], r["ours_data"]), r["naive"], r["ours_all"])
+        )
         ratio = r["naive"] / r["ours"]
         saved = r["naive"] - r["ours"]
         compute = r["ours"] - r["ours_data"]
-        print(f"data s = time the loop waited for batches; the rest ({compute:.2f} s) is the "
-              f"model's forward/backward/step. Data alone: "
-              f"{r['naive_data'] / max(r['ours_data'], 1e-9):.0f}x faster from the cache")
+        print(
+            f"data s = time the loop waited for batches; the rest ({compute:.2f} s) is the "
+            f"model's forward/backward/step. Data alone: "
+            f"{r['naive_data'] / max(r['ours_data'], 1e-9):.0f}x faster from the cache"
+        )
         print(f"inputs: {r['check']}")
-        print(f"ingest once ({p.ingest_s:.1f} s) pays for itself after "
-              f"{p.ingest_s / saved:.1f} epochs" if saved > 0 else "ingest never pays off")
+        print(
+            f"ingest once ({p.ingest_s:.1f} s) pays for itself after "
+            f"{p.ingest_s / saved:.1f} epochs"
+            if saved > 0
+            else "ingest never pays off"
+        )
         print(f"goal >= 10x: {'met' if ratio >= 10 else 'NOT met'} ({ratio:.1f}x)")
 
-        print(f"\n2. MLflow logging share: {a.mlflow_epochs} epochs with validation; per-epoch "
-              "metrics as registry.experiment logs them, plus a per-step loss where stated")
+        print(
+            f"\n2. MLflow logging share: {a.mlflow_epochs} epochs with validation; per-epoch "
+            "metrics as registry.experiment logs them, plus a per-step loss where stated"
+        )
         sqlite = f"sqlite:///{(tmp / 'mlflow.db').resolve()}"
         results: dict[str, dict[str, float]] = {
             "SQLite, per-epoch only": tracked_run(
-                p, sqlite, tmp / "wd-sqlite", a.mlflow_epochs, "bench-train", per_step=False,
-                baseline=True, flush_every=a.flush_every),
+                p,
+                sqlite,
+                tmp / "wd-sqlite",
+                a.mlflow_epochs,
+                "bench-train",
+                per_step=False,
+                baseline=True,
+                flush_every=a.flush_every,
+            ),
             "SQLite, per-step + epoch": tracked_run(
-                p, sqlite, tmp / "wd-sqlite", a.mlflow_epochs, "bench-train",
-                flush_every=a.flush_every),
+                p,
+                sqlite,
+                tmp / "wd-sqlite",
+                a.mlflow_epochs,
+                "bench-train",
+                flush_every=a.flush_every,
+            ),
         }
         if a.no_server:
             print("(mlflow server part skipped: --no-server)")
@@ -629,41 +691,60 @@ def main(argv: list[str] | None = None) -> None:
                 with mlflow_server(tmp) as server:
                     print(f"mlflow server up in {server.started_in_s:.1f} s at {server.url}")
                     results["server, per-step + epoch"] = tracked_run(
-                        p, server.url, tmp / "wd-server", a.mlflow_epochs, "bench-train",
-                        flush_every=a.flush_every)
+                        p,
+                        server.url,
+                        tmp / "wd-server",
+                        a.mlflow_epochs,
+                        "bench-train",
+                        flush_every=a.flush_every,
+                    )
             except (RuntimeError, OSError, ImportError) as err:
-                print(f"(mlflow server part skipped: {type(err).__name__}: "
-                      f"{str(err).splitlines()[0]})")
-        print(f"{'store, logging':26s} {'setup':>6s} {'run':>7s} {'fit':>7s} {'ms/step':>8s} "
-              f"{'in-loop':>8s} {'share':>7s} {'whole':>7s} {'calls':>6s}")
+                print(
+                    f"(mlflow server part skipped: {type(err).__name__}: "
+                    f"{str(err).splitlines()[0]})"
+                )
+        print(
+            f"{'store, logging':26s} {'setup':>6s} {'run':>7s} {'fit':>7s} {'ms/step':>8s} "
+            f"{'in-loop':>8s} {'share':>7s} {'whole':>7s} {'calls':>6s}"
+        )
         for name, t in results.items():
             share = t["in_loop_s"] / t["fit_s"]
             whole = t["tracker_s"] / t["run_s"]
-            print(f"{name:26s} {t['setup_s']:6.2f} {t['run_s']:7.2f} {t['fit_s']:7.2f} "
-                  f"{1000 * t['fit_s'] / t['steps']:8.1f} {t['in_loop_s']:8.3f} {share:7.2%} "
-                  f"{whole:7.2%} {t['calls']:6d}  (status {t['status']})")
+            print(
+                f"{name:26s} {t['setup_s']:6.2f} {t['run_s']:7.2f} {t['fit_s']:7.2f} "
+                f"{1000 * t['fit_s'] / t['steps']:8.1f} {t['in_loop_s']:8.3f} {share:7.2%} "
+                f"{whole:7.2%} {t['calls']:6d}  (status {t['status']})"
+            )
         base = results["SQLite, per-epoch only"]["baseline_fit_s"]
-        print(f"{'baseline: no tracker':26s} {'':6s} {'':7s} {base:7.2f} "
-              f"{1000 * base / results['SQLite, per-epoch only']['steps']:8.1f}")
-        print("setup: first run on a fresh store (untimed warm-up: schema, experiment, imports); "
-              "run: the measured run's wall time (start to finish); fit: its training part "
-              f"({results['SQLite, per-epoch only']['steps']} steps incl. validation); "
-              "in-loop: tracker time during fit (metrics are sent in one batch every "
-              f"{a.flush_every} distinct steps); share = in-loop / fit; whole = all tracker "
-              "time (start, params, dataset, metrics, finish) / run")
+        print(
+            f"{'baseline: no tracker':26s} {'':6s} {'':7s} {base:7.2f} "
+            f"{1000 * base / results['SQLite, per-epoch only']['steps']:8.1f}"
+        )
+        print(
+            "setup: first run on a fresh store (untimed warm-up: schema, experiment, imports); "
+            "run: the measured run's wall time (start to finish); fit: its training part "
+            f"({results['SQLite, per-epoch only']['steps']} steps incl. validation); "
+            "in-loop: tracker time during fit (metrics are sent in one batch every "
+            f"{a.flush_every} distinct steps); share = in-loop / fit; whole = all tracker "
+            "time (start, params, dataset, metrics, finish) / run"
+        )
         worst = max((t["in_loop_s"] / t["fit_s"] for t in results.values()), default=math.nan)
-        print(f"goal < 2% of training time: {'met' if worst < 0.02 else 'NOT met'} "
-              f"(worst {worst:.2%})")
+        print(
+            f"goal < 2% of training time: {'met' if worst < 0.02 else 'NOT met'} "
+            f"(worst {worst:.2%})"
+        )
 
         print("\n3. CUDA: bf16 vs fp32, real loader vs in-memory batches")
         if a.device != "cuda":
             print("(skipped: needs --device cuda on a machine with a GPU)")
         else:
             c = cuda_checks(p, 3)
-            print(f"samples/s fp32 {c['fp32']:.1f}, bf16 {c['bf16']:.1f} "
-                  f"({c['bf16'] / c['fp32']:.2f}x); in-memory bf16 {c['memory_bf16']:.1f}; "
-                  f"real / in-memory = {c['loader_ratio']:.2f} "
-                  f"(goal >= 0.95: {'met' if c['loader_ratio'] >= 0.95 else 'NOT met'})")
+            print(
+                f"samples/s fp32 {c['fp32']:.1f}, bf16 {c['bf16']:.1f} "
+                f"({c['bf16'] / c['fp32']:.2f}x); in-memory bf16 {c['memory_bf16']:.1f}; "
+                f"real / in-memory = {c['loader_ratio']:.2f} "
+                f"(goal >= 0.95: {'met' if c['loader_ratio'] >= 0.95 else 'NOT met'})"
+            )
 
 
 if __name__ == "__main__":
