@@ -48,6 +48,13 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _stdout_for(as_json: bool) -> Any:
+    """With --json, stdout carries only the JSON: libraries' prints go to stderr meanwhile."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+
+
 def _emit(summary: dict[str, Any], as_json: bool, title: str) -> None:
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
@@ -72,7 +79,8 @@ def synth(
     """Write a synthetic CT (DICOM) + MRI (NIfTI) + notes cohort with fake PHI and a manifest."""
     from modalities.synth import synth_cohort
 
-    res = synth_cohort(out, patients=patients, seed=seed, bad_inputs=bad_inputs)
+    with _stdout_for(as_json):
+        res = synth_cohort(out, patients=patients, seed=seed, bad_inputs=bad_inputs)
     _emit(
         {"out": str(out), "manifest": str(Path(out) / "manifest.csv"), "patients": patients,
          "bad_inputs": bad_inputs, "seconds": round(getattr(res, "seconds", 0.0), 2)},
@@ -91,8 +99,9 @@ def index(
     """Scan a DICOM drop (headers only), pick one series per modality, join notes."""
     from modalities.dicom_index import index_dicom, write_manifest
 
-    res = index_dicom(dicom_root, notes)
-    write_manifest(res, out)
+    with _stdout_for(as_json):
+        res = index_dicom(dicom_root, notes)
+        write_manifest(res, out)
     reasons = res.skipped["reason"].value_counts().to_dict() if len(res.skipped) else {}
     _emit(
         {"patients": len(res.manifest), "manifest": str(out), "skipped": len(res.skipped),
@@ -119,7 +128,8 @@ def ingest(
     """Validate, de-identify, preprocess and cache a manifest into a prepared cohort."""
     from workflows.ingest import run_ingest
 
-    summary = run_ingest(manifest, out, config, set_, data_root, dask)
+    with _stdout_for(as_json):
+        summary = run_ingest(manifest, out, config, set_, data_root, dask)
     _emit(summary, as_json, "ingest")
 
 
@@ -143,9 +153,11 @@ def train(
     """Train fusion variants (and unimodal baselines) and track them in MLflow."""
     from workflows.train import train_flow
 
-    summary = train_flow(
-        str(prepared), config, set_, fusion, baselines, experiment, register, None, str(workdir)
-    )
+    with _stdout_for(as_json):
+        summary = train_flow(
+            str(prepared), config, set_, fusion, baselines, experiment, register, None,
+            str(workdir),
+        )
     if as_json:
         _emit(summary, True, "train")
         return
@@ -185,8 +197,9 @@ def compare(
     """Compare every run of an experiment; optionally promote the best to champion."""
     from workflows.compare import run_compare
 
-    summary = run_compare(experiment, metric, promote, workdir, console=None if as_json
-                          else Console())
+    with _stdout_for(as_json):
+        summary = run_compare(experiment, metric, promote, workdir,
+                              console=None if as_json else Console())
     if as_json:
         _emit(summary, True, "compare")
 
@@ -216,7 +229,8 @@ def score(
     """Score a prepared cohort with a registered model; exactly once, resumable."""
     from workflows.score import run_score
 
-    summary = run_score(prepared, out, model, db_url, workdir, batch_size, dask, shards)
+    with _stdout_for(as_json):
+        summary = run_score(prepared, out, model, db_url, workdir, batch_size, dask, shards)
     if as_json:
         _emit(summary, True, "score")
         return
