@@ -328,8 +328,7 @@ def run_experiment(
             best = max(versioned, key=lambda r: -math.inf if math.isnan(r.best_val) else r.best_val)
             promote(register, best.version, alias="challenger", tracking_uri=parent.tracking_uri)
             challenger = best.version
-        status = parent.status
-        parent_id = parent.run_id
+    status, parent_id = parent.status, parent.run_id  # after the run ended: finished/degraded
     return {
         "experiment": experiment,
         "parent_run_id": parent_id,
