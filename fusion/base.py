@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from modalities.base import Tokens
-from modalities.errors import ConfigError, UnknownNameError
+from modalities.errors import ConfigError
+from modalities.registry import Registry
 
 
 @dataclass
@@ -98,25 +99,13 @@ class Fusion(nn.Module):
         raise NotImplementedError
 
 
-_FUSIONS: dict[str, type[Fusion]] = {}
-
-
-def register_fusion(name: str):
-    """Class decorator adding a strategy under ``name``; a duplicate name is a bug."""
-
-    def deco(cls: type[Fusion]) -> type[Fusion]:
-        if name in _FUSIONS and _FUSIONS[name] is not cls:
-            raise RuntimeError(f"fusion strategy {name!r} registered twice")
-        cls.name = name
-        _FUSIONS[name] = cls
-        return cls
-
-    return deco
+_FUSIONS: Registry[type[Fusion]] = Registry("fusion strategy")
+register_fusion = _FUSIONS.register
 
 
 def fusion_names() -> list[str]:
     """Names of all registered fusion strategies, sorted."""
-    return sorted(_FUSIONS)
+    return _FUSIONS.names()
 
 
 def check_options(kind: str, name: str, cls: type, options: dict[str, Any]) -> None:
@@ -142,9 +131,6 @@ def create_fusion(name: str, d_model: int, modalities: Sequence[str], **kw: Any)
     """Build strategy ``name`` for ``modalities``; unknown names/options are ``ClinfuseError``s."""
     import fusion.strategies  # noqa: F401  (registers the strategies)
 
-    try:
-        cls = _FUSIONS[name]
-    except KeyError:
-        raise UnknownNameError("fusion strategy", name, list(_FUSIONS)) from None
+    cls = _FUSIONS.get(name)
     check_options("fusion strategy", name, cls, kw)
     return cls(d_model, modalities, **kw)

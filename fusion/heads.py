@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion.base import FusionOutput, check_options, presence_matrix, present_weights
-from modalities.errors import ConfigError, UnknownNameError
+from modalities.errors import ConfigError
+from modalities.registry import Registry
 
 
 class Head(nn.Module):
@@ -91,20 +92,8 @@ def _weight(value: float | Sequence[float] | None, n: int, what: str) -> torch.T
     return t
 
 
-_HEADS: dict[str, type[Head]] = {}
-
-
-def register_head(name: str):
-    """Class decorator adding a head under ``name``; a duplicate name is a bug."""
-
-    def deco(cls: type[Head]) -> type[Head]:
-        if name in _HEADS and _HEADS[name] is not cls:
-            raise RuntimeError(f"head {name!r} registered twice")
-        cls.name = name
-        _HEADS[name] = cls
-        return cls
-
-    return deco
+_HEADS: Registry[type[Head]] = Registry("head")
+register_head = _HEADS.register
 
 
 @register_head("binary")
@@ -250,15 +239,12 @@ class ContrastiveHead(Head):
 
 def head_names() -> list[str]:
     """Names of all registered heads, sorted."""
-    return sorted(_HEADS)
+    return _HEADS.names()
 
 
 def create_head(name: str, d_model: int, modalities: Sequence[str], **kw: Any) -> Head:
     """Build head ``name``; unknown names or options raise a ``ClinfuseError``."""
-    try:
-        cls = _HEADS[name]
-    except KeyError:
-        raise UnknownNameError("head", name, list(_HEADS)) from None
+    cls = _HEADS.get(name)
     check_options("head", name, cls, kw)
     try:
         return cls(d_model, modalities, **kw)

@@ -12,7 +12,6 @@ Clips longer than ``spec.max_seconds`` are cropped (``spec.crop``: keep the ``st
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
 from collections.abc import Callable
@@ -25,7 +24,13 @@ import torch
 from pydantic import model_validator
 from torch import nn
 
-from modalities.base import EncoderConfig, Modality, Spec, Tokens, register_modality
+from modalities.base import (
+    EncoderConfig,
+    SingleFileModality,
+    Spec,
+    Tokens,
+    register_modality,
+)
 from modalities.errors import InputRejected, ReasonCode, UnknownNameError
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
@@ -300,32 +305,17 @@ def build_audio_encoder(n_mels: int, cfg: AudioEncoderConfig) -> nn.Module:
 
 
 @register_modality("audio")
-class AudioModality(Modality):
+class AudioModality(SingleFileModality):
     """WAV clips (e.g. auscultation, cough, speech) as log-mel time tokens."""
 
     kind = "audio"
+    what = "audio"
     version = 1
     Spec = AudioSpec
     EncoderSpec = AudioEncoderConfig
 
-    def _bytes(self, source: Path | str) -> bytes:
-        path = Path(source)
-        if not path.is_file():
-            raise InputRejected(
-                ReasonCode.MISSING_FILE, "audio file does not exist (or is a folder); fix the path"
-            )
-        try:
-            return path.read_bytes()
-        except OSError as e:
-            raise InputRejected(
-                ReasonCode.UNREADABLE, f"audio file cannot be read ({type(e).__name__})"
-            ) from None
-
-    def content_hash(self, source: Path | str) -> str:
-        return hashlib.blake2b(self._bytes(source), digest_size=20).hexdigest()
-
     def load(self, source: Path | str) -> Audio:
-        return read_wav(self._bytes(source))
+        return read_wav(self.read_bytes(source))
 
     def preprocess(self, raw: Audio) -> np.ndarray:
         """Mono mixdown, resample, crop to ``max_seconds`` -> float16 log-mel (n_mels, T)."""

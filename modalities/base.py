@@ -19,8 +19,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from modalities.errors import UnknownNameError
+from modalities.errors import InputRejected, ReasonCode
 from modalities.paths import SeriesRef, resolve_under_root
+from modalities.registry import Registry
 
 
 @dataclass
@@ -116,7 +117,31 @@ class Modality(ABC):
         """Build the encoder: ``forward(**collate(items)) -> Tokens``."""
 
 
-_REGISTRY: dict[str, type[Modality]] = {}
+class SingleFileModality(Modality):
+    """A modality whose input is one file, read whole and hashed by its bytes (audio, image)."""
+
+    what: ClassVar[str] = "input"  # names the input in messages: "audio file does not exist"
+
+    def read_bytes(self, source: Path | str) -> bytes:
+        path = Path(source)
+        if not path.is_file():
+            raise InputRejected(
+                ReasonCode.MISSING_FILE, f"{self.what} file does not exist (or is a folder); "
+                "fix the path"
+            )
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise InputRejected(
+                ReasonCode.UNREADABLE, f"{self.what} file cannot be read ({type(e).__name__})"
+            ) from None
+
+    def content_hash(self, source: Path | str) -> str:
+        return hashlib.blake2b(self.read_bytes(source), digest_size=20).hexdigest()
+
+
+_REGISTRY: Registry[type[Modality]] = Registry("modality")
+register_modality = _REGISTRY.register
 MODALITY_MODULES = ("audio", "ct", "image", "mri", "note", "tabular")
 
 
@@ -128,32 +153,16 @@ def _ensure_registered() -> None:
         importlib.import_module(f"modalities.{mod}")
 
 
-def register_modality(name: str):
-    """Class decorator adding a modality under ``name``; a duplicate name is a bug."""
-
-    def deco(cls: type[Modality]) -> type[Modality]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise RuntimeError(f"modality {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
 def modality_names() -> list[str]:
     """Names of all registered modalities, sorted."""
     _ensure_registered()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def modality_class(name: str) -> type[Modality]:
     """Look a modality class up by name, listing valid names if unknown."""
     _ensure_registered()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError("modality", name, list(_REGISTRY)) from None
+    return _REGISTRY.get(name)
 
 
 def create_modality(

@@ -11,7 +11,6 @@ Encoders are the volume networks in 2D (``tiny``, ``densenet121``, ``resnet18``,
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 from pydantic import field_validator
 from torch import nn
 
-from modalities.base import Modality, Spec, Tokens, register_modality
+from modalities.base import SingleFileModality, Spec, Tokens, register_modality
 from modalities.errors import ConfigError, InputRejected, ReasonCode, UnknownNameError
 from modalities.volume_encoders import (
     VolumeEncoderConfig,
@@ -290,32 +289,17 @@ def build_image_encoder(
 
 
 @register_modality("image")
-class ImageModality(Modality):
+class ImageModality(SingleFileModality):
     """2D images (chest X-rays as DICOM, or PNG/JPEG/TIFF) as feature-map tokens."""
 
     kind = "image"
+    what = "image"
     version = 1
     Spec = ImageSpec
     EncoderSpec = ImageEncoderConfig
 
-    def _bytes(self, source: Path | str) -> bytes:
-        path = Path(source)
-        if not path.is_file():
-            raise InputRejected(
-                ReasonCode.MISSING_FILE, "image file does not exist (or is a folder); fix the path"
-            )
-        try:
-            return path.read_bytes()
-        except OSError as e:
-            raise InputRejected(
-                ReasonCode.UNREADABLE, f"image file cannot be read ({type(e).__name__})"
-            ) from None
-
-    def content_hash(self, source: Path | str) -> str:
-        return hashlib.blake2b(self._bytes(source), digest_size=20).hexdigest()
-
     def load(self, source: Path | str) -> Image2D:
-        return read_image(self._bytes(source))
+        return read_image(self.read_bytes(source))
 
     def preprocess(self, raw: Image2D) -> np.ndarray:
         """Channels -> resize -> normalise: float16 (channels, H, W)."""
