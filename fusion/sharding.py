@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from modalities.cache import atomic_write
@@ -21,6 +22,12 @@ from modalities.cache import atomic_write
 def shard_of(patient: str, shards: int) -> int:
     """Stable shard index of a pseudonym."""
     return int.from_bytes(hashlib.blake2b(patient.encode(), digest_size=8).digest(), "big") % shards
+
+
+def _rows_of_shard(df: pd.DataFrame, i: int, shards: int) -> pd.DataFrame:
+    """Rows of shard ``i``; a boolean array, since an empty list would select *columns*."""
+    mask = np.array([shard_of(str(p), shards) == i for p in df["patient"]], dtype=bool)
+    return df.loc[mask]
 
 
 def make_shard_views(prepared: Path, shards: int, dest: Path) -> list[Path]:
@@ -34,10 +41,10 @@ def make_shard_views(prepared: Path, shards: int, dest: Path) -> list[Path]:
         view = dest / f"shard-{i:03d}-of-{shards:03d}"
         view.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(prepared / "prepared.json", view / "prepared.json")
-        part = cohort[[shard_of(p, shards) == i for p in cohort["patient"]]]
+        part = _rows_of_shard(cohort, i, shards)
         atomic_write(view / "cohort.parquet", lambda p, d=part: d.to_parquet(p, index=False))
         if quarantine is not None:
-            q = quarantine[[shard_of(p, shards) == i for p in quarantine["patient"]]]
+            q = _rows_of_shard(quarantine, i, shards)
             atomic_write(view / "quarantine.parquet", lambda p, d=q: d.to_parquet(p, index=False))
         link = view / "cache"
         if not link.exists():
