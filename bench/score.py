@@ -154,6 +154,33 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
+def flow_overhead(predictor: Any, cfg: dict[str, Any], prepared: Path,
+                  work: Path) -> dict[str, tuple[float, float]]:
+    """Wall time of the real score flow (Prefect ephemeral server, model loaded from MLflow
+    by alias, scoring run logged) vs the time spent inside ``score_cohort``; first run (cold
+    Prefect start) and a second run in the same process (fresh output folder)."""
+    import time
+
+    from registry.model import log_model
+    from registry.tracking import Tracker
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    with Tracker("bench", "model", tracking_uri=uri, workdir=work) as tracker:
+        log_model(tracker, predictor.model.state_dict(), cfg,
+                  builder="fusion.predictor:build_predictor", registered_name="bench",
+                  alias="champion")
+    os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))
+    from workflows.score import score_flow
+
+    out: dict[str, tuple[float, float]] = {}
+    for label in ("cold Prefect start", "warm"):
+        t0 = time.perf_counter()
+        summary = score_flow(str(prepared), str(work / f"flow-{label[:4]}"),
+                             "models:/bench@champion", None, uri, str(work), 64)
+        out[label] = (time.perf_counter() - t0, summary["seconds"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--patients", type=int, default=40)
@@ -167,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="synthetic CT voxels (default synth's 48 48 24; e.g. 256 256 96)")
     p.add_argument("--quick", action="store_true", help="16 patients, tiny random notes")
     p.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--no-overhead", dest="overhead", action="store_false",
+                   help="skip timing the Prefect flow + MLflow (model load, scoring run)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("CLINFUSE_PSEUDONYM_KEY", "bench-key-not-a-secret-0123456789")
@@ -210,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         n_naive, n_batch = len(naive_probs), summary.scored_now
         naive_pps, batch_pps = n_naive / naive_s, n_batch / summary.seconds
 
+        overhead = flow_overhead(predictor, cfg, prepared, work) if a.overhead else None
+
         # Memory: 1x and Nx cohorts, each scored in a fresh process.
         weights, cfg_path = work / "weights.pt", work / "cfg.json"
         torch.save(predictor.model.state_dict(), weights)
@@ -236,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{n_batch} patients in {summary.seconds:.2f}s = {batch_pps:.1f} patients/s")
     print(f"ratio (b)/(a): {batch_pps / naive_pps:.1f}x  (goal >= 10x)")
     print(f"same patients scored: {len(common)}; max |p_naive - p_batched| = {diff:.2e}")
+    if overhead:
+        for label, (wall, inner) in overhead.items():
+            print(f"(c) score flow, {label}: {wall:.2f}s wall, {inner:.2f}s inside score_cohort"
+                  f" -> Prefect + MLflow overhead {100 * (1 - inner / wall):.1f}% of wall time"
+                  "  (goal < 5%)")
     one, many = rss[1], rss[a.rss_factor]
     for r in (one, many):
         print(f"peak RSS while scoring {int(r['rows'])} rows, batch {a.rss_batch}: "
