@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from workflows.config import load_config  # noqa: E402
 from workflows.ingest import ingest_flow  # noqa: E402
+from workflows.runtime import task_runner  # noqa: E402
 from workflows.score import score_flow  # noqa: E402
 
 
@@ -56,10 +57,15 @@ def nightly_flow(
     manifest = work / "manifests" / "nightly.csv"
     indexed = index_drop(drop_dir, notes, str(manifest))
     prepared = work / "prepared"
-    ingested = ingest_flow(str(manifest), str(prepared), config, overrides, drop_dir)
-    scored = score_flow(
+    dask = cfg.ingest.dask_address  # fan out on the cluster the recipe names, if any
+    runner = task_runner(cfg.ingest.workers, dask)
+    ingested = ingest_flow.with_options(task_runner=runner)(
+        str(manifest), str(prepared), config, overrides, drop_dir
+    )
+    scored = score_flow.with_options(task_runner=task_runner(2, dask))(
         str(prepared), str(work / "predictions"), model or cfg.serve.model,
         os.environ.get(cfg.serve.db_url_env) or None, tracking_uri, str(work),
+        shards=2 if dask else 1,
     )
     report = {
         "patients_indexed": indexed["patients"],
