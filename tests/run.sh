@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # torch first, pinned: 2.13.0 is the CPU wheel on this machine's disk (never a CUDA build).
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "is ignored" || true
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "is ignored" || true
+.venv/bin/pip install -q --disable-pip-version-check -c deploy/requirements.lock -e ".[test]" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import torch, monai, pydicom, nibabel, transformers, prefect, mlflow"
 export CLINFUSE_PSEUDONYM_KEY="${CLINFUSE_PSEUDONYM_KEY:-ci-test-key-not-a-secret-0123456789}"
 .venv/bin/ruff check .
