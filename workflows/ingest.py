@@ -92,8 +92,14 @@ def run_ingest(
     dask_address: str | None = None,
     allow_demo_key: bool = False,
 ) -> dict[str, Any]:
-    """Run the flow with the task runner the config (or ``dask_address``) asks for."""
+    """Run the flow with the task runner the config (or ``dask_address``) asks for.
+
+    User errors (config, key, manifest columns) are checked here first, so they surface as
+    one clear message instead of a failed flow run with a traceback.
+    """
     cfg = load_config(config, overrides)
+    Pseudonymizer.from_env(allow_demo=allow_demo_key)
+    plan_ingest(Path(manifest).resolve(), cfg.cohort, cfg.ingest.chunk_size)
     runner = task_runner(cfg.ingest.workers, dask_address or cfg.ingest.dask_address)
     return ingest_flow.with_options(task_runner=runner)(
         str(manifest), str(out), config, overrides, str(data_root) if data_root else None,
