@@ -32,3 +32,18 @@ def test_user_error_is_one_line_exit_2(tmp_path) -> None:
                                  "--config", "nope"])
     assert r.exit_code == 2
     assert "unknown config 'nope'" in r.output and "Traceback" not in r.output
+
+
+def test_unset_pseudonym_key_fails_before_the_flow(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from workflows.cli import app
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("patient_id,note,label\nA,some text,1\n")
+    monkeypatch.delenv("CLINFUSE_PSEUDONYM_KEY", raising=False)
+    r = CliRunner().invoke(app, ["ingest", str(manifest), "--out", str(tmp_path / "p"),
+                                 "--config", "tiny", "--set", "cohort.modalities={note: {}}"])
+    assert r.exit_code == 2
+    assert "CLINFUSE_PSEUDONYM_KEY is not set" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "p").exists()
