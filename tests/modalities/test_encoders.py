@@ -265,6 +265,7 @@ def test_trainable_layers_get_gradients(tiny_tokenizer) -> None:
 @pytest.mark.filterwarnings("ignore::modalities.text_encoder.NoteTruncatedWarning")
 def test_embedding_cache_reuses_chunks(tiny_tokenizer) -> None:
     enc = TextEncoder(TINY.model_copy(update={"embedding_cache": True}))
+    enc._cache.clear()  # shared by every encoder of this model in the process
     batch = tokenize_notes([LONG_NOTE, "short note"], tiny_tokenizer, TINY)
     first = enc(**batch)
     n = len(enc._cache)
@@ -272,6 +273,8 @@ def test_embedding_cache_reuses_chunks(tiny_tokenizer) -> None:
     again = enc(**tokenize_notes(["short note"], tiny_tokenizer, TINY))
     assert len(enc._cache) == n
     assert torch.allclose(again.values[0, 0], first.values[1, 0])
+    other = TextEncoder(TINY.model_copy(update={"embedding_cache": True}))
+    assert other._cache is enc._cache  # a second encoder of the same model reuses the work
     with pytest.raises(ValueError, match="frozen"):
         TextEncoderConfig(embedding_cache=True, trainable_layers=1)
 
