@@ -259,6 +259,24 @@ def train_one(
         )
 
 
+def _promote_challenger(runs: list[VariantRun], register: str | None, uri: str) -> str | None:
+    """Give alias ``challenger`` to the registered variant with the best validation metric."""
+    versioned = [r for r in runs if r.version is not None]
+    if not register or not versioned:
+        return None
+    best = max(versioned, key=lambda r: -math.inf if math.isnan(r.best_val) else r.best_val)
+    promote(register, best.version, alias="challenger", tracking_uri=uri)
+    return best.version
+
+
+def _variant_records(runs: list[VariantRun]) -> list[dict[str, Any]]:
+    """One summary row per variant (no PHI): names, test metrics with CIs, version."""
+    keys = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "accuracy", "brier", "ece")
+    return [{"variant": r.name, "fusion": r.fusion, "modalities": "+".join(r.modalities),
+             **{k: r.test_metrics.get(k) for k in keys}, "run_id": r.run_id,
+             "version": r.version} for r in runs]
+
+
 def run_experiment(
     prepared: Path,
     cohort_cfg: Any,
@@ -297,37 +315,9 @@ def run_experiment(
             runs.append(
                 train_one(cohort, rows, v, model_cfg, train_cfg, resolved_config, parent, register)
             )
-        table = pd.DataFrame(
-            [
-                {
-                    "variant": r.name,
-                    "fusion": r.fusion,
-                    "modalities": "+".join(r.modalities),
-                    **{
-                        k: r.test_metrics.get(k)
-                        for k in (
-                            "auroc",
-                            "auroc_ci_low",
-                            "auroc_ci_high",
-                            "auprc",
-                            "accuracy",
-                            "brier",
-                            "ece",
-                        )
-                    },
-                    "run_id": r.run_id,
-                    "version": r.version,
-                }
-                for r in runs
-            ]
-        )
+        table = pd.DataFrame(_variant_records(runs))
         parent.log_table(table, "variants")
-        challenger = None
-        versioned = [r for r in runs if r.version is not None]
-        if register and versioned:
-            best = max(versioned, key=lambda r: -math.inf if math.isnan(r.best_val) else r.best_val)
-            promote(register, best.version, alias="challenger", tracking_uri=parent.tracking_uri)
-            challenger = best.version
+        challenger = _promote_challenger(runs, register, parent.tracking_uri)
     status, parent_id = parent.status, parent.run_id  # after the run ended: finished/degraded
     return {
         "experiment": experiment,
@@ -335,5 +325,70 @@ def run_experiment(
         "tracking": status,
         "split_sizes": rows["split"].value_counts().to_dict(),
         "variants": table.drop(columns=["run_id"]).to_dict(orient="records"),
+        "challenger_version": challenger,
+    }
+
+
+def log_external_variants(
+    run_dirs: list[Path],
+    prepared: Path,
+    resolved_config: dict[str, Any],
+    experiment: str,
+    register: str | None = None,
+    tracking_uri: str | None = None,
+    workdir: Path = Path("."),
+) -> dict[str, Any]:
+    """Log variants trained outside this process (``torchrun -m fusion.distributed``).
+
+    Each run folder holds what ``fusion.distributed`` writes on rank 0: weights, predictor
+    config, test metrics, per-epoch metrics and test predictions. Logged like
+    ``run_experiment`` does: one parent run, a child per variant, models registered.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    from fusion import distributed as ddp
+
+    runs: list[VariantRun] = []
+    chash = cohort_hash(prepared)
+    with Tracker(experiment, "experiment", tracking_uri=tracking_uri, workdir=workdir,
+                 tags={"clinfuse.kind": "parent", "clinfuse.ddp": "true"}) as parent:
+        parent.log_params({"config": resolved_config})
+        for d in map(Path, run_dirs):
+            fit = json.loads((d / ddp.FIT_FILE).read_text())
+            metrics = json.loads((d / ddp.TEST_METRICS_FILE).read_text())
+            config = json.loads((d / ddp.PREDICTOR_CONFIG_FILE).read_text())
+            with parent.child(fit["variant"], tags={"clinfuse.variant": fit["variant"]}) as t:
+                t.log_params({"fusion": fit["fusion"], "modalities": ",".join(fit["modalities"]),
+                              "unimodal": len(fit["modalities"]) == 1, "task": config["task"],
+                              "world_size": fit["world_size"], "config": resolved_config})
+                t.log_dataset_input(chash, sum(fit["splits"].values()))
+                for line in (d / ddp.EPOCHS_FILE).read_text().splitlines():
+                    row = json.loads(line)
+                    step = int(row.pop("epoch"))
+                    t.log_metrics({k: v for k, v in row.items() if v is not None}, step=step)
+                t.log_metrics({_metric_key(k): v for k, v in metrics.items()
+                               if isinstance(v, int | float)})
+                t.log_metrics({"best_epoch": fit["best_epoch"], "train_seconds": fit["seconds"]})
+                t.log_table(pd.read_parquet(d / ddp.TEST_PREDICTIONS_FILE), "predictions")
+                info = log_model(t, load_file(str(d / ddp.WEIGHTS_FILE)), config,
+                                 builder=BUILDER, registered_name=register, alias=None)
+                version = getattr(info, "registered_model_version", None)
+                runs.append(VariantRun(
+                    fit["variant"], t.run_id, fit["fusion"], list(fit["modalities"]),
+                    {k: v for k, v in metrics.items() if "/" not in k and "." not in k
+                     and v is not None},
+                    float(fit["best_value"]) if fit["best_value"] is not None else math.nan,
+                    str(version) if version is not None else None, float(fit["seconds"]),
+                ))
+        parent.log_table(pd.DataFrame(_variant_records(runs)), "variants")
+        challenger = _promote_challenger(runs, register, parent.tracking_uri)
+    return {
+        "experiment": experiment,
+        "parent_run_id": parent.run_id,
+        "tracking": parent.status,
+        "variants": [{k: v for k, v in rec.items() if k != "run_id"}
+                     for rec in _variant_records(runs)],
         "challenger_version": challenger,
     }

@@ -148,6 +148,9 @@ def train(
     ] = None,
     set_: SetOpt = None,
     workdir: Annotated[Path, typer.Option(help="Local MLflow store/spool folder.")] = Path("."),
+    ddp: Annotated[
+        int, typer.Option(help="Train each variant with torchrun/DDP on N processes (GPUs).")
+    ] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Train fusion variants (and unimodal baselines) and track them in MLflow."""
@@ -156,7 +159,7 @@ def train(
     with _stdout_for(as_json):
         summary = train_flow(
             str(prepared), config, set_, fusion, baselines, experiment, register, None,
-            str(workdir),
+            str(workdir), ddp,
         )
     if as_json:
         _emit(summary, True, "train")

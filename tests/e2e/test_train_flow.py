@@ -125,3 +125,23 @@ def test_phi_canary_over_mlflow(trained: dict, synthetic_cohort: Path,
                     + trained["compare"].stdout + trained["compare"].stderr).encode()
     leaks = [(n, k) for k, b in blobs.items() for n in needles if n.encode() in b]
     assert not leaks, leaks[:5]
+
+
+def test_ddp_training_is_tracked_like_any_other(prepared_cohort: Path, mlflow_server: str,
+                                                 tmp_path: Path) -> None:
+    """`clinfuse train --ddp 2`: torchrun (gloo on CPU) trains, the parent process logs."""
+    from mlflow import MlflowClient
+
+    summary = json.loads(clinfuse(
+        "train", str(prepared_cohort), "--config", "tiny", "--fusion", "concat", "--ddp", "2",
+        "--experiment", "e2e-ddp", "--register", "e2e-ddp-model", "--set", "train.max_epochs=1",
+        "--set", "train.n_boot=20", "--set", "cohort.modalities.note.encoder.model=tiny-random",
+        "--workdir", str(tmp_path), "--json", tracking_uri=mlflow_server, cwd=tmp_path,
+    ).stdout)
+    fit = json.loads((tmp_path / "ddp-runs" / "concat" / "fit.json").read_text())
+    assert fit["world_size"] == 2
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version_by_alias("e2e-ddp-model", "challenger")
+    assert str(version.version) == str(summary["challenger_version"])
+    run = client.get_run(version.run_id)
+    assert run.data.params["world_size"] == "2" and "test_auroc" in run.data.metrics
