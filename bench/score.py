@@ -68,8 +68,7 @@ def prepare(
     work: Path, patients: int, note_model: str | None, ct_shape: tuple[int, int, int] | None
 ) -> tuple[Path, Path, float]:
     """Synthesize and ingest a cohort; returns (raw root, prepared folder, ingest seconds)."""
-    from modalities.ingest import ingest_rows, plan_ingest, write_prepared
-    from modalities.pseudonym import Pseudonymizer
+    from modalities.ingest import ingest_manifest
     from modalities.synth import SynthConfig, synth_cohort
     from workflows.config import load_config
 
@@ -78,10 +77,7 @@ def prepare(
     cfg = load_config("tiny", _overrides(note_model)).cohort
     prepared = work / "prepared"
     t0 = time.perf_counter()
-    plan = plan_ingest(synth.manifest_path, cfg, chunk_size=8)
-    outcomes = [o for rows in plan.chunks for o in ingest_rows(
-        synth.manifest_path, rows, cfg, synth.out, prepared, plan.duplicate_rows)]
-    write_prepared(prepared, outcomes, cfg, Pseudonymizer.from_env().key_id)
+    ingest_manifest(synth.manifest_path, cfg, synth.out, prepared, chunk_size=8)
     return synth.out, prepared, time.perf_counter() - t0
 
 

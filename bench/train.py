@@ -96,8 +96,7 @@ def prepare(
     tiny recipe, in this process."""
     from fusion.data import PreparedCohort
     from fusion.experiment import Variant, model_config_for, split_cohort
-    from modalities.ingest import ingest_rows, plan_ingest, write_prepared
-    from modalities.pseudonym import Pseudonymizer
+    from modalities.ingest import ingest_manifest
     from modalities.synth import SynthConfig, synth_cohort
     from workflows.config import load_config
 
@@ -114,15 +113,7 @@ def prepare(
 
     t0 = time.perf_counter()
     out = tmp / "prepared"
-    plan = plan_ingest(synth.manifest_path, cohort_cfg, chunk_size=8)
-    outcomes = [
-        o
-        for rows in plan.chunks
-        for o in ingest_rows(
-            synth.manifest_path, rows, cohort_cfg, synth.out, out, plan.duplicate_rows
-        )
-    ]
-    write_prepared(out, outcomes, cohort_cfg, Pseudonymizer.from_env().key_id)
+    ingest_manifest(synth.manifest_path, cohort_cfg, synth.out, out, chunk_size=8)
     ingest_s = time.perf_counter() - t0
 
     cohort = PreparedCohort(out, cohort_cfg)

@@ -267,3 +267,22 @@ def write_prepared(
         out_dir / "prepared.json", lambda p: p.write_text(json.dumps(meta, indent=2))
     )
     return meta["summary"]
+
+
+def ingest_manifest(
+    manifest: Path, cfg: CohortConfig, root: Path, out_dir: Path, chunk_size: int = 16,
+    allow_demo_key: bool = False,
+) -> dict[str, Any]:
+    """The whole ingest in this process, no Prefect (tests, benchmarks, notebooks).
+
+    Same result as the flow: plan, every chunk, then ``write_prepared``; returns the summary.
+    """
+    plan = plan_ingest(Path(manifest), cfg, chunk_size)
+    outcomes = [
+        o
+        for rows in plan.chunks
+        for o in ingest_rows(Path(manifest), rows, cfg, Path(root), Path(out_dir),
+                             plan.duplicate_rows, allow_demo_key)
+    ]
+    key_id = Pseudonymizer.from_env(allow_demo=allow_demo_key).key_id
+    return write_prepared(Path(out_dir), outcomes, cfg, key_id)

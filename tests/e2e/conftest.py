@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modalities.ingest import ingest_rows, plan_ingest, write_prepared
+from modalities.ingest import ingest_manifest
 from modalities.synth import synth_cohort
 from workflows.config import load_config
 
@@ -32,13 +32,7 @@ def prepared_cohort(synthetic_cohort: Path, tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("e2e-prepared")
     cohort = load_config("tiny").cohort
     manifest = synthetic_cohort / "manifest.csv"
-    plan = plan_ingest(manifest, cohort, chunk_size=16)
-    outcomes = [
-        o
-        for rows in plan.chunks
-        for o in ingest_rows(manifest, rows, cohort, synthetic_cohort, out, plan.duplicate_rows)
-    ]
-    summary = write_prepared(out, outcomes, cohort, "e2e")
+    summary = ingest_manifest(manifest, cohort, synthetic_cohort, out, chunk_size=16)
     assert summary["quarantined"] == 0, summary
     return out
 

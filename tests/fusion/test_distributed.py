@@ -292,8 +292,7 @@ OVERRIDES = [
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """24 synthetic patients ingested with the tiny recipe, plus the resolved config."""
-    from modalities.ingest import ingest_rows, plan_ingest, write_prepared
-    from modalities.pseudonym import Pseudonymizer
+    from modalities.ingest import ingest_manifest
     from modalities.synth import synth_cohort
     from workflows.config import load_config
 
@@ -301,10 +300,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     synth = synth_cohort(root / "raw", patients=24, seed=9)
     cfg = load_config("tiny", OVERRIDES).cohort
     out = root / "prepared"
-    plan = plan_ingest(synth.manifest_path, cfg, chunk_size=8)
-    outcomes = [o for rows in plan.chunks for o in ingest_rows(
-        synth.manifest_path, rows, cfg, synth.out, out, plan.duplicate_rows)]
-    write_prepared(out, outcomes, cfg, Pseudonymizer.from_env().key_id)
+    ingest_manifest(synth.manifest_path, cfg, synth.out, out, chunk_size=8)
     return {"prepared": out, "config": tiny_config(root, OVERRIDES)}
 
 

@@ -39,7 +39,7 @@ from fusion.scoring import (
     score_reference,
 )
 from modalities.errors import ConfigError
-from modalities.ingest import ingest_rows, plan_ingest, write_prepared
+from modalities.ingest import ingest_manifest
 from modalities.pseudonym import Pseudonymizer
 from modalities.synth import synth_cohort
 from workflows.config import load_config
@@ -78,10 +78,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     cfg = load_config("tiny", OVERRIDES).cohort
     prepared = root / "prepared"
-    plan = plan_ingest(synth.manifest_path, cfg, chunk_size=8)
-    outcomes = [o for rows in plan.chunks for o in ingest_rows(
-        synth.manifest_path, rows, cfg, synth.out, prepared, plan.duplicate_rows)]
-    write_prepared(prepared, outcomes, cfg, pseudo.key_id)
+    ingest_manifest(synth.manifest_path, cfg, synth.out, prepared, chunk_size=8)
     phi = json.loads((synth.out / "phi.json").read_text())
     return {"prepared": prepared, "expected_skipped": expected, "phi": phi,
             "raw_ids": sorted(set(manifest["patient_id"]))}
