@@ -181,7 +181,8 @@ def _read_header(path: Path) -> _SliceHeader | None:
     )
 
 
-def _as_source(source: Path | str | SeriesRef) -> Path | SeriesRef:
+def as_source(source: Path | str | SeriesRef) -> Path | SeriesRef:
+    """A checked volume source: the file/folder exists, a ``#series`` selector is on a folder."""
     src = source if isinstance(source, SeriesRef) else Path(source)
     base = src.folder if isinstance(src, SeriesRef) else src
     if not base.exists():
@@ -200,7 +201,7 @@ def read_series_headers(source: Path | str | SeriesRef) -> list[_SliceHeader]:
     MULTIPLE_SERIES (several series and no selector).
     """
     quiet_dicom_logs()
-    src = _as_source(source)
+    src = as_source(source)
     headers: list[_SliceHeader] = []
     with warnings.catch_warnings():
         # pydicom warns with the offending header value in the text: keep it out of logs.

@@ -24,7 +24,13 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from modalities.base import CachedValue, EncoderConfig, Modality, Spec
-from modalities.dicom import DEFAULT_DECODE_WORKERS, Volume, quiet_dicom_logs, read_dicom_series
+from modalities.dicom import (
+    DEFAULT_DECODE_WORKERS,
+    Volume,
+    as_source,
+    quiet_dicom_logs,
+    read_dicom_series,
+)
 from modalities.errors import InputRejected, ReasonCode
 from modalities.paths import SeriesRef, source_files
 
@@ -231,19 +237,9 @@ class VolumeModality(Modality):
 
     spec: VolumeSpec
 
-    @staticmethod
-    def _source(source: Path | str | SeriesRef) -> Path | SeriesRef:
-        src = source if isinstance(source, SeriesRef) else Path(source)
-        base = src.folder if isinstance(src, SeriesRef) else src
-        if not base.exists():
-            raise InputRejected(
-                ReasonCode.MISSING_FILE, "file or folder does not exist; fix the manifest entry"
-            )
-        return src
-
     def content_hash(self, source: Path | str | SeriesRef) -> str:  # type: ignore[override]
         """blake2b over the bytes of the input's files (only the selected series' files)."""
-        src = self._source(source)
+        src = as_source(source)
         if isinstance(src, SeriesRef):
             from modalities.dicom import series_files
 
@@ -254,7 +250,7 @@ class VolumeModality(Modality):
 
     def load(self, source: Path | str | SeriesRef) -> Volume:  # type: ignore[override]
         """Read and validate a NIfTI file (by suffix) or a DICOM series."""
-        src = self._source(source)
+        src = as_source(source)
         if isinstance(src, Path) and src.is_file() and is_nifti(src):
             return read_nifti(src)
         s = self.spec
