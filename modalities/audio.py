@@ -84,20 +84,16 @@ class AudioEncoderConfig(EncoderConfig):
 # ---------------------------------------------------------------------------- WAV reading
 
 
-def _reject(code: ReasonCode, msg: str) -> InputRejected:
-    return InputRejected(code, msg)
-
-
 def _chunks(data: bytes) -> dict[bytes, bytes]:
     """RIFF sub-chunks of a WAVE file (first occurrence of each id)."""
     if len(data) < 12:
-        raise _reject(ReasonCode.UNREADABLE, "audio file is empty or truncated; re-export it")
+        raise InputRejected(ReasonCode.UNREADABLE, "audio file is empty or truncated; re-export it")
     if data[:4] not in (b"RIFF", b"RIFX", b"RF64") or data[8:12] != b"WAVE":
-        raise _reject(
+        raise InputRejected(
             ReasonCode.UNSUPPORTED_FORMAT, "audio is not a WAV (RIFF/WAVE) file; convert to WAV"
         )
     if data[:4] != b"RIFF":
-        raise _reject(
+        raise InputRejected(
             ReasonCode.UNSUPPORTED_FORMAT,
             "big-endian (RIFX) and RF64 WAV are not supported; re-export as standard WAV",
         )
@@ -107,7 +103,7 @@ def _chunks(data: bytes) -> dict[bytes, bytes]:
         cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         body = data[pos + 8 : pos + 8 + size]
         if len(body) < size:
-            raise _reject(
+            raise InputRejected(
                 ReasonCode.UNREADABLE,
                 f"WAV chunk {cid.decode('ascii', 'replace')!r} is truncated "
                 f"({len(body)} of {size} bytes); re-export the file",
@@ -122,7 +118,7 @@ def _decode(fmt: int, bits: int, raw: bytes) -> np.ndarray:
     if fmt == _FLOAT and bits in (32, 64):
         return np.frombuffer(raw, dtype=f"<f{bits // 8}").astype(np.float32)
     if fmt != _PCM:
-        raise _reject(
+        raise InputRejected(
             ReasonCode.UNSUPPORTED_FORMAT,
             f"WAV encoding {fmt} (compressed or unusual) is not supported; convert to PCM WAV",
         )
@@ -136,7 +132,7 @@ def _decode(fmt: int, bits: int, raw: bytes) -> np.ndarray:
     if bits in (16, 32):
         v = np.frombuffer(raw, dtype=f"<i{bits // 8}").astype(np.float64)
         return (v / float(1 << (bits - 1))).astype(np.float32)
-    raise _reject(
+    raise InputRejected(
         ReasonCode.UNSUPPORTED_FORMAT, f"{bits}-bit PCM is not supported; use 8/16/24/32-bit"
     )
 
@@ -146,20 +142,24 @@ def read_wav(data: bytes) -> Audio:
     chunks = _chunks(data)
     fmt_chunk, body = chunks.get(b"fmt "), chunks.get(b"data")
     if fmt_chunk is None or len(fmt_chunk) < 16 or body is None:
-        raise _reject(ReasonCode.UNREADABLE, "WAV file lacks its fmt or data chunk; re-export it")
+        raise InputRejected(
+            ReasonCode.UNREADABLE, "WAV file lacks its fmt or data chunk; re-export it"
+        )
     fmt, channels, rate, _, _block, bits = struct.unpack("<HHIIHH", fmt_chunk[:16])
     if fmt == _EXTENSIBLE and len(fmt_chunk) >= 26:
         fmt = struct.unpack("<H", fmt_chunk[24:26])[0]  # first 2 bytes of the sub-format GUID
     if channels < 1 or rate < 1 or bits < 1:
-        raise _reject(ReasonCode.UNREADABLE, "WAV header has zero channels, rate or bit depth")
+        raise InputRejected(
+            ReasonCode.UNREADABLE, "WAV header has zero channels, rate or bit depth"
+        )
     width = (bits + 7) // 8
     frame = width * channels
     usable = len(body) - len(body) % frame
     if usable == 0:
-        raise _reject(ReasonCode.UNREADABLE, "WAV file holds no audio samples; re-record it")
+        raise InputRejected(ReasonCode.UNREADABLE, "WAV file holds no audio samples; re-record it")
     values = _decode(fmt, width * 8, body[:usable]).reshape(-1, channels)
     if not np.isfinite(values).all():
-        raise _reject(
+        raise InputRejected(
             ReasonCode.NON_FINITE_VALUES, "audio holds NaN or infinite samples; fix the export"
         )
     return Audio(values, rate)

@@ -73,10 +73,6 @@ class TabularEncoderConfig(EncoderConfig):
     dropout: float = 0.1
 
 
-def _reject(code: ReasonCode, msg: str) -> InputRejected:
-    return InputRejected(code, msg)
-
-
 def _number(value: Any, feature: str) -> float:
     """One JSON value -> float (NaN = missing). Never puts the value in a message."""
     if value is None:
@@ -89,17 +85,17 @@ def _number(value: Any, feature: str) -> float:
         try:
             out = float(value.strip()) if value.strip() else math.nan
         except ValueError:
-            raise _reject(
+            raise InputRejected(
                 ReasonCode.UNSUPPORTED_FORMAT,
                 f"feature {feature!r} holds text that is not a number; give a number or null",
             ) from None
     else:
-        raise _reject(
+        raise InputRejected(
             ReasonCode.UNSUPPORTED_FORMAT,
             f"feature {feature!r} holds a list/object; give a number or null",
         )
     if math.isinf(out):
-        raise _reject(ReasonCode.NON_FINITE_VALUES, f"feature {feature!r} is infinite")
+        raise InputRejected(ReasonCode.NON_FINITE_VALUES, f"feature {feature!r} is infinite")
     return out
 
 
@@ -174,9 +170,11 @@ class TabularModality(Modality):
             return source.encode("utf-8")
         path = Path(source)
         if not path.is_file():
-            raise _reject(ReasonCode.MISSING_FILE, "tabular JSON file does not exist; fix path")
+            raise InputRejected(
+                ReasonCode.MISSING_FILE, "tabular JSON file does not exist; fix path"
+            )
         if path.stat().st_size > _MAX_BYTES:
-            raise _reject(
+            raise InputRejected(
                 ReasonCode.UNSUPPORTED_FORMAT, "tabular file is over 1 MB; give one JSON object"
             )
         return path.read_bytes()
@@ -185,11 +183,11 @@ class TabularModality(Modality):
         try:
             obj = json.loads(data.decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise _reject(
+            raise InputRejected(
                 ReasonCode.UNREADABLE, "tabular input is not valid UTF-8 JSON; fix the export"
             ) from None
         if not isinstance(obj, dict):
-            raise _reject(
+            raise InputRejected(
                 ReasonCode.UNSUPPORTED_FORMAT,
                 'tabular input must be one JSON object {"feature": value, ...}',
             )
@@ -210,7 +208,7 @@ class TabularModality(Modality):
         obj = self._parse(self._text(source))
         values = {f.name: _number(obj.get(f.name), f.name) for f in feats}
         if all(math.isnan(v) for v in values.values()):
-            raise _reject(
+            raise InputRejected(
                 ReasonCode.UNSUPPORTED_FORMAT,
                 f"none of the {len(feats)} configured features has a value; check that the "
                 "JSON keys match spec.features, or leave the cell empty",
