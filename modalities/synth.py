@@ -3,8 +3,10 @@
 Why: the whole workflow (index, ingest, de-identification, training, fusion) needs data
 that behaves like a hospital export without being one. Each patient has three latent
 binary findings, one per modality (a bright CT lesion, a bright MRI region, cardiac
-wording in the note); the label is their majority vote with a little noise, so every
-single modality is informative and fusion is better. Headers and notes carry fake PHI
+wording in the note). ``label_rule`` says how they make the label: ``majority`` (the vote
+of the three, a little noise: every single modality is informative and fusion is better)
+or ``xor`` (the first two of ``modalities`` disagree: each alone is at chance, only a model
+that combines them can learn it; the interaction cohort fusion tests use). Headers and notes carry fake PHI
 (names, MRNs, dates, phone numbers) recorded in ``phi.json`` for leak ("canary") tests,
 and ``bad_inputs`` plants known-bad inputs whose expected reason codes are recorded.
 
@@ -22,17 +24,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modalities.errors import ReasonCode
 
 log = logging.getLogger("clinfuse.synth")
 
-MANIFEST_COLUMNS = ["patient_id", "ct", "mri", "note", "label"]
+ALL_MODALITIES = ("ct", "mri", "note")
+MANIFEST_COLUMNS = ["patient_id", *ALL_MODALITIES, "label"]
 EXPECTED_COLUMNS = ["row", "patient_id", "modality", "expected_code", "kind"]
 CT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # axial, rows along +x (L), columns along +y (P)
 HU_INTERCEPT = -1024.0
@@ -62,6 +65,24 @@ class SynthConfig(BaseModel):
     note_missing_rate: float = Field(0.05, ge=0, le=1)
     ct_reversed_z_rate: float = Field(0.3, ge=0, le=1)  # InstanceNumber runs head to feet
     mri_flip_rate: float = Field(0.3, ge=0, le=1)  # per axis: stored flipped, affine negated
+    # Which modalities are written (manifest columns follow); the rest are drawn but absent.
+    modalities: tuple[str, ...] = ("ct", "mri", "note")
+    label_rule: Literal["majority", "xor"] = "majority"
+
+    @model_validator(mode="after")
+    def _check(self) -> SynthConfig:
+        if not self.modalities or set(self.modalities) - set(ALL_MODALITIES):
+            raise ValueError(f"modalities must be a non-empty subset of {ALL_MODALITIES}")
+        if self.label_rule == "xor" and len(self.modalities) < 2:
+            raise ValueError("label_rule 'xor' needs two modalities (the first two are used)")
+        return self
+
+    def label(self, findings: dict[str, bool]) -> int:
+        """The noise-free label of a patient's latent findings under ``label_rule``."""
+        if self.label_rule == "xor":
+            a, b = self.modalities[:2]
+            return int(findings[a] != findings[b])
+        return int(sum(findings.values()) >= 2)
 
 
 @dataclass
@@ -571,13 +592,13 @@ def _make_case(out: Path, cfg: SynthConfig, seed: int, idx: int, used: set[str])
     rng = np.random.default_rng(np.random.SeedSequence([seed, idx]))
     person = _fake_person(rng, used)
     findings = {m: bool(rng.random() < cfg.finding_rate) for m in ("ct", "mri", "note")}
-    vote = int(sum(findings.values()) >= 2)
     flipped = bool(rng.random() < cfg.label_noise)
-    label = vote ^ int(flipped)
-    present = {m: bool(rng.random() >= getattr(cfg, f"{m}_missing_rate"))
-               for m in ("ct", "mri", "note")}
+    label = cfg.label(findings) ^ int(flipped)
+    # Drawn for every modality, written or not, so the random streams stay aligned.
+    present = {m: bool(rng.random() >= getattr(cfg, f"{m}_missing_rate")) and m in cfg.modalities
+               for m in ALL_MODALITIES}
     if not any(present.values()):
-        present["ct"] = True  # a patient with nothing to read is no patient
+        present[cfg.modalities[0]] = True  # a patient with nothing to read is no patient
     name = f"case_{idx + 1:04d}"
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -818,7 +839,8 @@ def synth_cohort(
         case.truth["planted"] = case.kind
         case.truth["manifest_patient_id"] = case.row["patient_id"]
 
-    manifest = pd.DataFrame([c.row for c in cases], columns=MANIFEST_COLUMNS)
+    columns = [c for c in MANIFEST_COLUMNS if c not in ALL_MODALITIES or c in cfg.modalities]
+    manifest = pd.DataFrame([c.row for c in cases], columns=columns)
     truth = pd.DataFrame([c.truth for c in cases])
     expected = _expected_rows(manifest, cases)
     _write_csv(manifest, out / "manifest.csv")

@@ -74,13 +74,27 @@ def synth(
     patients: Annotated[int, typer.Option(help="Number of patients.")] = 50,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
     bad_inputs: Annotated[int, typer.Option(help="Extra patients with planted bad inputs.")] = 0,
+    label_rule: Annotated[
+        str, typer.Option(help="majority (vote of the findings) or xor (needs two modalities).")
+    ] = "majority",
+    modalities: Annotated[
+        str, typer.Option(help="Comma-separated modalities to write (ct,mri,note).")
+    ] = "ct,mri,note",
     as_json: JsonOpt = False,
 ) -> None:
     """Write a synthetic CT (DICOM) + MRI (NIfTI) + notes cohort with fake PHI and a manifest."""
-    from modalities.synth import synth_cohort
+    from pydantic import ValidationError
 
+    from modalities.errors import ConfigError
+    from modalities.synth import SynthConfig, synth_cohort
+
+    try:
+        cfg = SynthConfig(label_rule=label_rule,
+                          modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()))
+    except ValidationError as err:
+        raise ConfigError(f"synth: {err.errors()[0]['msg']}") from None
     with _stdout_for(as_json):
-        res = synth_cohort(out, patients=patients, seed=seed, bad_inputs=bad_inputs)
+        res = synth_cohort(out, patients=patients, seed=seed, bad_inputs=bad_inputs, config=cfg)
     _emit(
         {"out": str(out), "manifest": str(Path(out) / "manifest.csv"), "patients": patients,
          "bad_inputs": bad_inputs, "seconds": round(getattr(res, "seconds", 0.0), 2)},

@@ -99,9 +99,14 @@ def _find(name_or_path: str) -> Path:
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge; a ``null`` over a mapping entry removes it (``cohort.modalities.mri: null``)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if v is None and isinstance(out.get(k), dict):
+            out.pop(k)
+        else:
+            out[k] = (_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict)
+                      else v)
     return out
 
 
@@ -137,7 +142,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = value
+        if value is None and isinstance(node.get(leaf), dict):
+            node.pop(leaf)  # `--set cohort.modalities.mri=null` removes the entry
+        else:
+            node[leaf] = value
     return data
 
 
