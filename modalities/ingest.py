@@ -71,7 +71,11 @@ def _manifest(path: str, mtime_ns: int) -> pd.DataFrame:
 def load_manifest(path: Path) -> pd.DataFrame:
     """Read the manifest once per process (keyed by mtime, so edits are seen)."""
     path = Path(path).resolve()
-    return _manifest(str(path), path.stat().st_mtime_ns)
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except OSError:  # read_manifest says what is wrong (missing, not a file)
+        mtime_ns = -1
+    return _manifest(str(path), mtime_ns)
 
 
 def plan_ingest(manifest: Path, cfg: CohortConfig, chunk_size: int = 4) -> IngestPlan:

@@ -60,13 +60,14 @@ def _absolute(value: str, root: Path) -> Path:
 
 
 def resolve_under_root(
-    value: str, root: Path, ref: str, selectors: bool = True, folders: bool = True
+    value: str, root: Path, ref: str, selectors: bool = False, folders: bool = True
 ) -> Path | SeriesRef:
     """Resolve ``value`` against ``root``; reject paths outside it, missing or odd files.
 
     ``ref`` is the sanitized name of the input used in error messages. ``selectors``
-    allows ``folder#uid`` (DICOM series only); ``folders`` allows a folder (then every file
-    in it must be a regular file under the root).
+    allows ``folder#uid`` (DICOM series only: elsewhere ``#`` is part of the name);
+    ``folders`` allows a folder (then every file in it must be a regular file under the
+    root).
     """
     root = root.resolve()
     path_part, uid = split_selector(value, root) if selectors else (value, "")

@@ -181,7 +181,8 @@ def ingest_flow(
             )
             by_row.update(_isolate(rows, exc, chunks, logger))
     outcomes = [by_row[r] for r in range(plan.rows)]
-    summary = write_prepared_task(out, outcomes, cohort, key_id)
+    writer = write_prepared_task.with_options(timeout_seconds=cfg.ingest.task_timeout_s)
+    summary = writer(out, outcomes, cohort, key_id)
     logger.info(
         "ingest done: %d inputs, %d accepted, %d quarantined (%d computed, %d cached)",
         summary["inputs"],

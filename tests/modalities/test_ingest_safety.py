@@ -201,12 +201,17 @@ def test_hash_in_a_path_is_a_selector_only_before_a_uid(tmp_path: Path) -> None:
     assert split_selector("scans/CT #2", tmp_path) == ("scans/CT #2", "")
     assert split_selector("scans/CT#1.2.840.1", tmp_path) == ("scans/CT", "1.2.840.1")
     assert split_selector("a#b.c", tmp_path) == ("a#b.c", "")
-    assert resolve_under_root("scans/CT #2", tmp_path, "r") == tmp_path / "scans" / "CT #2"
-    ref = resolve_under_root("scans/CT #2#1.2.3", tmp_path, "r")
-    assert ref == SeriesRef(tmp_path / "scans" / "CT #2", "1.2.3")
+    ct = tmp_path / "scans" / "CT #2"
+    assert resolve_under_root("scans/CT #2", tmp_path, "r", selectors=True) == ct
+    ref = resolve_under_root("scans/CT #2#1.2.3", tmp_path, "r", selectors=True)
+    assert ref == SeriesRef(ct, "1.2.3")
     # A folder whose whole name looks like a selector is still that folder.
     ct_series(tmp_path / "odd#1.2")
+    assert resolve_under_root("odd#1.2", tmp_path, "r", selectors=True) == tmp_path / "odd#1.2"
+    # Only volumes take selectors: for other modalities '#' is part of the name.
     assert resolve_under_root("odd#1.2", tmp_path, "r") == tmp_path / "odd#1.2"
+    with pytest.raises(InputRejected, match="MISSING_FILE"):
+        resolve_under_root("scans/CT #2#1.2.3", tmp_path, "r")
 
 
 def test_note_next_to_a_folder_of_the_same_stem(tmp_path: Path) -> None:
@@ -326,3 +331,13 @@ def test_bad_corpus_gives_every_planted_code(tmp_path: Path) -> None:
     for i, e in expected.iterrows():
         if e["expected_code"]:
             assert (i, e["expected_code"]) in got, (i, e["expected_code"])
+
+
+def test_missing_or_fifo_manifest_is_a_config_error(tmp_path: Path) -> None:
+    cfg = CohortConfig.model_validate({"modalities": {"note": {}}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        plan_ingest(tmp_path / "none.csv", cfg)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.csv")
+        with pytest.raises(ConfigError):
+            bounded(lambda: plan_ingest(tmp_path / "pipe.csv", cfg))
