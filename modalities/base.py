@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from modalities.errors import InputRejected, ReasonCode
+from modalities.files import read_capped
 from modalities.paths import SeriesRef, resolve_under_root
 from modalities.registry import Registry
 
@@ -93,8 +94,12 @@ class Modality(ABC):
         ).hexdigest()
 
     def resolve(self, value: str, root: Path, ref: str) -> Path | SeriesRef | str:
-        """Turn a manifest cell into a source; default: a path under the data root."""
-        return resolve_under_root(value, root, ref)
+        """Turn a manifest cell into a source; default: a path under the data root.
+
+        Only volumes take a ``folder#SeriesInstanceUID`` selector: for any other modality a
+        ``#`` is part of the file name.
+        """
+        return resolve_under_root(value, root, ref, selectors=self.kind == "volume")
 
     @abstractmethod
     def content_hash(self, source: Path | str) -> str:
@@ -121,16 +126,18 @@ class SingleFileModality(Modality):
     """A modality whose input is one file, read whole and hashed by its bytes (audio, image)."""
 
     what: ClassVar[str] = "input"  # names the input in messages: "audio file does not exist"
+    max_bytes: ClassVar[int] = 1 << 30  # read whole into memory: refuse anything bigger
 
     def read_bytes(self, source: Path | str) -> bytes:
+        """The file's bytes; only a regular file of at most ``max_bytes`` is read."""
         path = Path(source)
-        if not path.is_file():
+        if path.is_dir() or not path.exists():
             raise InputRejected(
-                ReasonCode.MISSING_FILE, f"{self.what} file does not exist (or is a folder); "
-                "fix the path"
+                ReasonCode.MISSING_FILE,
+                f"{self.what} file does not exist (or is a folder); fix the path",
             )
         try:
-            return path.read_bytes()
+            return read_capped(path, self.max_bytes, f"{self.what} file")
         except OSError as e:
             raise InputRejected(
                 ReasonCode.UNREADABLE, f"{self.what} file cannot be read ({type(e).__name__})"

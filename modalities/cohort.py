@@ -95,14 +95,21 @@ def read_manifest(path: Path) -> pd.DataFrame:
 
 
 def check_manifest_columns(df: pd.DataFrame, cfg: CohortConfig, path: Path) -> None:
-    """Fail fast (whole run) when the manifest lacks the ID or a configured modality column."""
+    """Fail fast (whole run) when the manifest lacks the ID or a configured modality column.
+
+    The message names the expected columns only, never the ones found: a manifest without
+    its header row has the first patient's ID, name or birth date as "column names".
+    """
     cols = set(df.columns)
-    wanted = [cfg.id_column] + [cfg.column(m) for m in cfg.modalities]
+    wanted = [cfg.id_column] + [cfg.column(m) for m in sorted(cfg.modalities)]
     missing = [c for c in wanted if c not in cols]
     if missing:
+        no_header = not (cols & set(wanted))
         raise ConfigError(
-            f"manifest {path} lacks column(s) {missing}; it has {sorted(cols)}. Rename the "
-            "columns or set cohort.id_column / cohort.modalities.<name>.column"
+            f"manifest {path.name} lacks the required column(s) {', '.join(missing)}"
+            + (" (is its header row missing?)" if no_header else "")
+            + "; the first line must name the columns: rename them, or set "
+            "cohort.id_column / cohort.modalities.<name>.column"
         )
 
 

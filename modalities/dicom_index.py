@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,8 +45,17 @@ MODALITY_COLUMNS = {"CT": "ct", "MR": "mri"}
 MIN_SLICES = 3  # fewer images than this is a localizer/scout, not a volume
 NOTE_SEPARATOR = "\n\n"
 _TAGS = [
-    "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "Modality",
-    "ImageType", "SeriesNumber", "StudyDate", "StudyTime", "NumberOfFrames", "Rows",
+    "PatientID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPClassUID",
+    "Modality",
+    "ImageType",
+    "SeriesNumber",
+    "StudyDate",
+    "StudyTime",
+    "NumberOfFrames",
+    "Rows",
 ]
 _LOCALIZER_TYPES = {"LOCALIZER", "SCOUT"}
 
@@ -122,10 +132,10 @@ def _scan(root: Path) -> _Scan:
 
     quiet_dicom_logs()
     scan = _Scan()
+    real_root = root.resolve()
 
     def skip(rel: str, reason: str, pid: str = "", uid: str = "") -> None:
-        scan.skipped.append({"path": rel, "patient_id": pid, "series_uid": uid,
-                             "reason": reason})
+        scan.skipped.append({"path": rel, "patient_id": pid, "series_uid": uid, "reason": reason})
 
     with warnings.catch_warnings():
         # pydicom warnings quote header values: keep them out of logs.
@@ -139,6 +149,18 @@ def _scan(root: Path) -> _Scan:
                 if name.startswith("."):
                     skip(rel, "hidden file")
                     continue
+                # dcmread on a FIFO blocks for ever and on /dev/zero never ends; a file
+                # linked out of the drop would be indexed but refused by ingest.
+                if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+                    skip(rel, "link that resolves outside the root")
+                    continue
+                try:
+                    regular = stat.S_ISREG(path.stat().st_mode)
+                except OSError:
+                    regular = False
+                if not regular:
+                    skip(rel, "not a regular file (FIFO, device, socket or broken link)")
+                    continue
                 try:
                     ds = dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
                 except InvalidDicomError:
@@ -149,9 +171,7 @@ def _scan(root: Path) -> _Scan:
                     continue
                 pid = _text(ds, "PatientID")
                 uid = _text(ds, "SeriesInstanceUID")
-                sop = _text(ds, "SOPClassUID") or _text(
-                    ds.file_meta, "MediaStorageSOPClassUID"
-                )
+                sop = _text(ds, "SOPClassUID") or _text(ds.file_meta, "MediaStorageSOPClassUID")
                 modality = _text(ds, "Modality").upper()
                 if not _is_image_sop(sop):
                     skip(rel, "non-image SOP class (no pixel data)", pid, uid)
@@ -168,10 +188,15 @@ def _scan(root: Path) -> _Scan:
                     key = (pid, _text(ds, "StudyInstanceUID"), uid)
                     s = scan.series.get(key)
                     if s is None:
-                        image_type = tuple(str(v).strip().upper()
-                                           for v in (getattr(ds, "ImageType", None) or ()))
+                        image_type = tuple(
+                            str(v).strip().upper() for v in (getattr(ds, "ImageType", None) or ())
+                        )
                         s = scan.series[key] = _Series(
-                            pid, key[1], uid, modality, image_type,
+                            pid,
+                            key[1],
+                            uid,
+                            modality,
+                            image_type,
                             _int(getattr(ds, "SeriesNumber", None), -1),
                             _text(ds, "StudyDate") + _text(ds, "StudyTime"),
                         )
@@ -225,14 +250,17 @@ def _read_notes(path: Path) -> pd.DataFrame:
     """Notes export (CSV or JSONL, or a folder of them) -> DataFrame(patient_id, text, date)."""
     path = Path(path)
     if path.is_dir():  # a drop folder of nightly exports: every .csv/.jsonl in name order
-        files = sorted(p for p in path.iterdir()
-                       if p.suffix.lower() in (".csv", ".jsonl", ".ndjson") and p.is_file())
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.suffix.lower() in (".csv", ".jsonl", ".ndjson") and p.is_file()
+        )
         frames = [_read_notes(f) for f in files]
         if not frames:
             return pd.DataFrame(columns=["patient_id", "text", "date"])
         return pd.concat(frames, ignore_index=True)
-    if not path.is_file():
-        raise ConfigError(f"notes file {path} does not exist")
+    if not path.is_file():  # is_file() is False for a FIFO: never opened, it would block
+        raise ConfigError(f"notes file {path} does not exist or is not a regular file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
@@ -244,12 +272,16 @@ def _read_notes(path: Path) -> pd.DataFrame:
             raise ConfigError(f"notes file {path}: use .csv or .jsonl (one JSON object a line)")
     except (ValueError, OSError, pd.errors.ParserError) as err:
         # The parser's message can quote note text: name only the error type.
-        raise ConfigError(f"notes file {path} could not be parsed ({type(err).__name__}); "
-                          "export it as UTF-8 CSV or JSONL") from None
+        raise ConfigError(
+            f"notes file {path} could not be parsed ({type(err).__name__}); "
+            "export it as UTF-8 CSV or JSONL"
+        ) from None
     missing = [c for c in ("patient_id", "text") if c not in df.columns]
     if missing:
-        raise ConfigError(f"notes file {path} lacks column(s) {missing}; it needs patient_id "
-                          "and text (and optionally date)")
+        raise ConfigError(
+            f"notes file {path} lacks column(s) {missing}; it needs patient_id "
+            "and text (and optionally date)"
+        )
     if "date" not in df.columns:
         df["date"] = ""
     df = df[["patient_id", "text", "date"]].astype(object).where(df.notna(), "")
@@ -261,19 +293,35 @@ def _join_notes(notes: pd.DataFrame, source: str) -> tuple[dict[str, str], list[
     skipped = []
     notes = notes.assign(patient_id=notes["patient_id"].str.strip(), _order=range(len(notes)))
     for i in notes.index[notes["patient_id"] == ""]:
-        skipped.append({"path": f"{source} row {i + 1}", "patient_id": "", "series_uid": "",
-                        "reason": "note without patient_id"})
+        skipped.append(
+            {
+                "path": f"{source} row {i + 1}",
+                "patient_id": "",
+                "series_uid": "",
+                "reason": "note without patient_id",
+            }
+        )
     blank = (notes["patient_id"] != "") & (notes["text"].str.strip() == "")
     for i in notes.index[blank]:
-        skipped.append({"path": f"{source} row {i + 1}", "patient_id": notes.at[i, "patient_id"],
-                        "series_uid": "", "reason": "empty note text"})
+        skipped.append(
+            {
+                "path": f"{source} row {i + 1}",
+                "patient_id": notes.at[i, "patient_id"],
+                "series_uid": "",
+                "reason": "empty note text",
+            }
+        )
     notes = notes[(notes["patient_id"] != "") & ~blank]
-    when = pd.to_datetime(notes["date"].str.strip().replace("", None), errors="coerce",
-                          format="mixed")
-    notes = notes.assign(_when=when).sort_values(["patient_id", "_when", "_order"],
-                                                 na_position="last", kind="stable")
-    joined = {pid: NOTE_SEPARATOR.join(t.strip() for t in g["text"])
-              for pid, g in notes.groupby("patient_id", sort=True)}
+    when = pd.to_datetime(
+        notes["date"].str.strip().replace("", None), errors="coerce", format="mixed"
+    )
+    notes = notes.assign(_when=when).sort_values(
+        ["patient_id", "_when", "_order"], na_position="last", kind="stable"
+    )
+    joined = {
+        pid: NOTE_SEPARATOR.join(t.strip() for t in g["text"])
+        for pid, g in notes.groupby("patient_id", sort=True)
+    }
     return joined, skipped
 
 
@@ -302,9 +350,15 @@ def index_dicom(root: Path, notes: Path | None = None) -> IndexResult:
             rows[pid][column] = _series_value(best, root, scan.uids_below)
         for s in cands:
             if s.series_uid in why:
-                skipped += [{"path": f.relative_to(root).as_posix(), "patient_id": pid,
-                             "series_uid": s.series_uid, "reason": why[s.series_uid]}
-                            for f in sorted(s.files)]
+                skipped += [
+                    {
+                        "path": f.relative_to(root).as_posix(),
+                        "patient_id": pid,
+                        "series_uid": s.series_uid,
+                        "reason": why[s.series_uid],
+                    }
+                    for f in sorted(s.files)
+                ]
 
     if note_table is not None:
         joined, note_skips = _join_notes(note_table, Path(notes).name)
@@ -317,8 +371,13 @@ def index_dicom(root: Path, notes: Path | None = None) -> IndexResult:
         columns=MANIFEST_COLUMNS,
     )
     skipped_df = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
-    log.info("indexed %d files under the root: %d series, %d patients, %d files skipped",
-             scan.files, len(scan.series), len(manifest), len(skipped_df))
+    log.info(
+        "indexed %d files under the root: %d series, %d patients, %d files skipped",
+        scan.files,
+        len(scan.series),
+        len(manifest),
+        len(skipped_df),
+    )
     return IndexResult(manifest=manifest, skipped=skipped_df)
 
 

@@ -4,12 +4,19 @@
 around: no patient data), ``ingest_rows`` processes one chunk, and ``write_prepared``
 writes ``cohort.parquet`` and ``quarantine.parquet`` atomically. Every non-empty modality
 cell of the manifest ends as exactly one accepted or one quarantined input.
+
+No input can stop the run: a bad input raises ``InputRejected``, and any other exception
+while reading one input (a reader bug, a library crash) becomes an ``INTERNAL_ERROR``
+quarantine row naming only the exception type, never its message (which may quote a path
+or a header value). Timeouts are the flow's job (``workflows/ingest.py``): it re-runs a
+timed-out chunk input by input and passes what hung here as ``rejected``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -64,7 +71,11 @@ def _manifest(path: str, mtime_ns: int) -> pd.DataFrame:
 def load_manifest(path: Path) -> pd.DataFrame:
     """Read the manifest once per process (keyed by mtime, so edits are seen)."""
     path = Path(path).resolve()
-    return _manifest(str(path), path.stat().st_mtime_ns)
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except OSError:  # read_manifest says what is wrong (missing, not a file)
+        mtime_ns = -1
+    return _manifest(str(path), mtime_ns)
 
 
 def plan_ingest(manifest: Path, cfg: CohortConfig, chunk_size: int = 4) -> IngestPlan:
@@ -124,6 +135,24 @@ def ingest_input(
         ) from None
 
 
+def internal_error(err: Exception, ref: str) -> InputRejected:
+    """An unexpected exception as a quarantine reason: its type and code location only.
+
+    The exception's message is left out (it may quote a path, a header value or note
+    text); the innermost frame of the traceback (file and line of clinfuse or library
+    code) is logged so the bug can be found.
+    """
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+    log.warning("internal error on %s: %s at %s", ref, type(err).__name__, where)
+    return InputRejected(
+        ReasonCode.INTERNAL_ERROR,
+        f"unexpected {type(err).__name__} while reading this input (a clinfuse bug: report "
+        "it with the reason code); the rest of the run was not affected",
+        ref,
+    )
+
+
 def ingest_patient(
     row_no: int,
     row: pd.Series,
@@ -133,12 +162,18 @@ def ingest_patient(
     cache: TensorCache,
     pseudo: Pseudonymizer,
     duplicates: list[int] | None = None,
+    rejected: dict[str, InputRejected] | None = None,
 ) -> PatientOutcome:
-    """Process one manifest row: labels, split, then every modality cell independently."""
+    """Process one manifest row: labels, split, then every modality cell independently.
+
+    ``rejected`` maps modalities to a rejection decided beforehand (an input that timed
+    out): those cells are quarantined without being read again.
+    """
     patient = pseudo(row[cfg.id_column])
     cells = {m: row.get(cfg.column(m), "") for m in sorted(mods)}
     given = [m for m, v in cells.items() if v != ""]
     out = PatientOutcome(row={"patient": patient}, inputs=len(given))
+    rejected = rejected or {}
 
     def quarantine(m: str, err: InputRejected) -> None:
         out.quarantine.append(
@@ -162,9 +197,11 @@ def ingest_patient(
             )
         labels = parse_labels(row, cfg)
         split = parse_split(row, cfg)
-    except InputRejected as err:
+    except Exception as exc:  # InputRejected, or a bug in parsing: the row, not the run
         for m in given:
-            quarantine(m, err.with_source(safe_reference(row_no, cfg.column(m))))
+            ref = safe_reference(row_no, cfg.column(m))
+            err = exc if isinstance(exc, InputRejected) else internal_error(exc, ref)
+            quarantine(m, err.with_source(ref))
         return out  # out.row stays minimal: the patient is not in the cohort
     out.row.update(_label_columns(labels, cfg), split=split, excluded=False)
 
@@ -174,10 +211,13 @@ def ingest_patient(
             continue
         ref = safe_reference(row_no, cfg.column(m))
         try:
+            if m in rejected:
+                raise rejected[m].with_source(ref)
             key, computed = ingest_input(mods[m], cells[m], root, cache, ref)
             out.row[f"{m}_status"], out.row[f"{m}_key"] = STATUS_OK, key
             out.computed += computed
-        except InputRejected as err:
+        except Exception as exc:  # one input's failure never stops the row or the run
+            err = exc if isinstance(exc, InputRejected) else internal_error(exc, ref)
             out.row[f"{m}_status"], out.row[f"{m}_key"] = STATUS_QUARANTINED, None
             quarantine(m, err)
     statuses = [out.row[f"{m}_status"] for m in mods]
@@ -206,18 +246,44 @@ def ingest_rows(
     out_dir: Path,
     duplicate_rows: dict[int, list[int]],
     allow_demo_key: bool = False,
+    only: str | None = None,
+    rejected: dict[int, dict[str, tuple[str, str]]] | None = None,
 ) -> list[PatientOutcome]:
-    """Process a chunk of manifest rows (one Prefect task); never raises for bad input."""
+    """Process a chunk of manifest rows (one Prefect task); never raises for bad input.
+
+    ``only`` restricts the work to one modality (the flow probes a timed-out chunk input
+    by input); ``rejected`` maps row -> modality -> ``(code, message)`` decided beforehand.
+    """
     df = load_manifest(manifest)
     mods = cfg.build()
+    if only is not None:
+        mods = {only: mods[only]}
     cache = TensorCache(Path(out_dir) / "cache")
     pseudo = Pseudonymizer.from_env(allow_demo=allow_demo_key)
+    decided = {
+        i: {m: InputRejected(code, msg) for m, (code, msg) in per_row.items()}
+        for i, per_row in (rejected or {}).items()
+    }
     return [
         ingest_patient(
-            i, df.iloc[i], cfg, mods, Path(root), cache, pseudo, duplicate_rows.get(i)
+            i,
+            df.iloc[i],
+            cfg,
+            mods,
+            Path(root),
+            cache,
+            pseudo,
+            duplicate_rows.get(i),
+            decided.get(i),
         )
         for i in rows
     ]
+
+
+def given_modalities(manifest: Path, row: int, cfg: CohortConfig) -> list[str]:
+    """The modalities whose cell is filled on manifest row ``row`` (names, no values)."""
+    r = load_manifest(manifest).iloc[row]
+    return [m for m in sorted(cfg.modalities) if r.get(cfg.column(m), "") != ""]
 
 
 def summarize(outcomes: list[PatientOutcome]) -> dict[str, Any]:
@@ -263,14 +329,16 @@ def write_prepared(
     }
     atomic_write(out_dir / "cohort.parquet", lambda p: cohort.to_parquet(p, index=False))
     atomic_write(out_dir / "quarantine.parquet", lambda p: quarantine.to_parquet(p, index=False))
-    atomic_write(
-        out_dir / "prepared.json", lambda p: p.write_text(json.dumps(meta, indent=2))
-    )
+    atomic_write(out_dir / "prepared.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
     return meta["summary"]
 
 
 def ingest_manifest(
-    manifest: Path, cfg: CohortConfig, root: Path, out_dir: Path, chunk_size: int = 16,
+    manifest: Path,
+    cfg: CohortConfig,
+    root: Path,
+    out_dir: Path,
+    chunk_size: int = 16,
     allow_demo_key: bool = False,
 ) -> dict[str, Any]:
     """The whole ingest in this process, no Prefect (tests, benchmarks, notebooks).
@@ -281,8 +349,15 @@ def ingest_manifest(
     outcomes = [
         o
         for rows in plan.chunks
-        for o in ingest_rows(Path(manifest), rows, cfg, Path(root), Path(out_dir),
-                             plan.duplicate_rows, allow_demo_key)
+        for o in ingest_rows(
+            Path(manifest),
+            rows,
+            cfg,
+            Path(root),
+            Path(out_dir),
+            plan.duplicate_rows,
+            allow_demo_key,
+        )
     ]
     key_id = Pseudonymizer.from_env(allow_demo=allow_demo_key).key_id
     return write_prepared(Path(out_dir), outcomes, cfg, key_id)

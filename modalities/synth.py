@@ -20,6 +20,7 @@ import csv
 import gzip
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1005,6 +1006,16 @@ def make_bad_corpus(out: Path, seed: int = 0) -> pd.DataFrame:
     (out / "notes/split.txt").write_text(_note_text(people[-1], True, rng), encoding="utf-8")
 
     row("UNSUPPORTED_FORMAT", "ct", ct="good/note.txt#1.2.3.4")  # '#series' on a file
+
+    if hasattr(os, "mkfifo"):  # a FIFO would block a reader for ever: never opened
+        row("NOT_REGULAR_FILE", "note", note="notes/fifo.txt")
+        if not (out / "notes/fifo.txt").exists():
+            os.mkfifo(out / "notes/fifo.txt")
+    row("NOTE_TOO_LARGE", "note", note="notes/huge.txt")
+    (out / "notes/huge.txt").write_bytes(b"a " * 500_000 + b"b")  # NoteSpec.max_bytes + 1
+    row("UNSUPPORTED_NOTE_FORMAT", "note", note="notes/visit.rtf")
+    (out / "notes/visit.rtf").write_text(r"{\rtf1 " + _note_text(people[-1], False, rng) + "}",
+                                         encoding="utf-8")
 
     df = pd.DataFrame(rows)
     _write_csv(df[["patient_id", "ct", "mri", "note", "label", "split"]], out / "manifest.csv")

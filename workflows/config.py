@@ -33,6 +33,9 @@ class IngestSettings(BaseModel):
     chunk_size: int = Field(4, ge=1)
     workers: int = Field(2, ge=1)
     dask_address: str | None = None  # "local" for a LocalCluster, or tcp://host:8786
+    # Wall-clock limit of one ingest task (a chunk, or one input when a chunk is re-run
+    # input by input); an input that exceeds it is quarantined with code TIMEOUT.
+    task_timeout_s: float = Field(900.0, gt=0)
 
 
 class ServeSettings(BaseModel):

@@ -118,7 +118,7 @@ def test_mixed_folder_gets_uid_selectors(drop: dict, result) -> None:
     row = _row(result, drop["ids"][1])
     assert row["ct"] == f"export_b#{drop['uid'][1]}"  # deepest common folder of both dirs
     assert row["mri"] == f"export_b/dirB#{drop['mr_uid']}"
-    ref = resolve_under_root(row["ct"], drop["root"], "row 1 ct")
+    ref = resolve_under_root(row["ct"], drop["root"], "row 1 ct", selectors=True)
     assert isinstance(ref, SeriesRef) and ref.series_uid == drop["uid"][1]
     # The series reader takes the selector and finds exactly the chosen series.
     vol = read_dicom_series(ref, modalities=["CT"])

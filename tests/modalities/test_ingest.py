@@ -107,7 +107,11 @@ def test_rerun_is_all_cache_hits_and_nothing_raw_leaks(tmp_path: Path) -> None:
         o
         for rows in plan_ingest(manifest, NOTE_ONLY).chunks
         for o in ingest_rows(
-            manifest, rows, NOTE_ONLY, manifest.parent, out,
+            manifest,
+            rows,
+            NOTE_ONLY,
+            manifest.parent,
+            out,
             plan_ingest(manifest, NOTE_ONLY).duplicate_rows,
         )
     ]
@@ -121,7 +125,7 @@ def test_rerun_is_all_cache_hits_and_nothing_raw_leaks(tmp_path: Path) -> None:
 
 def test_missing_manifest_column_is_config_error(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, [{"patient_id": "x", "text": "a", "label": "1"}])
-    with pytest.raises(ConfigError, match=r"lacks column\(s\) \['note'\]"):
+    with pytest.raises(ConfigError, match=r"lacks the required column\(s\) note;"):
         plan_ingest(manifest, NOTE_ONLY)
 
 
@@ -129,8 +133,10 @@ def test_missing_manifest_column_is_config_error(tmp_path: Path) -> None:
 def test_manifest_formats(tmp_path: Path, suffix: str) -> None:
     df = pd.DataFrame([{"patient_id": "1", "note": "a b", "label": 1}])
     path = tmp_path / f"m{suffix}"
-    {".csv": lambda: df.to_csv(path, index=False),
-     ".jsonl": lambda: df.to_json(path, orient="records", lines=True),
-     ".parquet": lambda: df.to_parquet(path)}[suffix]()
+    {
+        ".csv": lambda: df.to_csv(path, index=False),
+        ".jsonl": lambda: df.to_json(path, orient="records", lines=True),
+        ".parquet": lambda: df.to_parquet(path),
+    }[suffix]()
     got = read_manifest(path)
     assert got.loc[0, "patient_id"] == "1" and got.loc[0, "label"] == "1"
