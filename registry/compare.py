@@ -80,10 +80,9 @@ def reliability_warnings(
         out.append("test-set size not logged")
     elif float(n_test) < MIN_TEST_PATIENTS:
         out.append(f"only {int(n_test)} test patients (< {MIN_TEST_PATIENTS})")
-    wide = sorted(
-        ((high - low, name) for name, (low, high) in cis.items() if high - low > MAX_CI_WIDTH),
-        reverse=True,
-    )
+    # rounded so that 0.9 - 0.6 (0.30000000000000004) is not "wider than 0.3"
+    widths = ((round(high - low, 9), name) for name, (low, high) in cis.items())
+    wide = sorted(((w, name) for w, name in widths if w > MAX_CI_WIDTH), reverse=True)
     if wide:
         names = ", ".join(f"{name} {width:.2f}" for width, name in wide[:show])
         more = f" and {len(wide) - show} more" if len(wide) > show else ""
