@@ -194,7 +194,7 @@ CURVE_PANELS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
     ("loss", (("loss",),)),
     ("AUROC", (("auroc", "auroc_macro", "auroc_micro"),)),
     ("AUPRC", (("auprc", "auprc_macro", "auprc_micro"),)),
-    ("calibration (lower is better)", (("brier",), ("ece",))),
+    ("calibration", (("brier",), ("ece",))),
 )
 # Quantities that fill the grid up to MAX_CURVE_PANELS when the ones above are missing
 # (other tasks); bookkeeping series are never drawn.
@@ -287,6 +287,8 @@ def training_curves_figure(
         if len(splits) != 1:
             only = ""
         ax.set(title=f"{title} ({only} only)" if only else title, xlabel="epoch")
+        if title == "calibration":
+            ax.set_ylabel("lower is better")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize="small")
     return fig
