@@ -248,7 +248,7 @@ def training_curves_figure(
             series[_curve_group(name)] = arr
     panels = _curve_panels(series)
     n = max(len(panels), 1)
-    ncols = n if n <= 3 else 2 if n == 4 else 3
+    ncols = 2 if n == 4 else n  # n <= MAX_CURVE_PANELS: 1-3 in a row, 4 as 2 x 2
     nrows = math.ceil(n / ncols)
     fig, axes = _figure(nrows, ncols, size=(4.8 * ncols, 3.4 * nrows))
     flat = list(axes.reshape(-1))
