@@ -181,7 +181,7 @@ def _variants_table(rows: list[dict[str, Any]], title: str) -> None:
     for r in rows:
         n = r.get("n_test")
         table.add_row(
-            str(r.get("variant")) + (" !" if r.get("warning") else ""), str(r.get("modalities")),
+            str(r.get("variant")), str(r.get("modalities")),
             "?" if n is None or n != n else str(int(n)), f(r.get("auroc")),
             f"{f(r.get('auroc_ci_low'))}–{f(r.get('auroc_ci_high'))}", f(r.get("auprc")),
             f(r.get("brier")), str(r.get("version") or "-"),

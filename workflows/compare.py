@@ -120,10 +120,9 @@ def _table(df: Any, metric: str, title: str) -> Any:
 
     for i, (_, r) in enumerate(df.iterrows(), 1):
         ci = f"{f(r.get(f'{metric}_ci_low'))}–{f(r.get(f'{metric}_ci_high'))}"
-        flag = " !" if r.get("warning") else ""  # the warning lines under the table say why
         table.add_row(
             str(i),
-            str(r.get("run_name")) + flag,
+            str(r.get("run_name")),
             str(r.get("modalities")),
             n(r.get("n_test")),
             f(r.get(metric)),
