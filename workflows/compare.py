@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from workflows.runtime import configure_runtime
+
+log = logging.getLogger("clinfuse.compare")
 
 LOWER_IS_BETTER = ("brier", "ece", "log_loss", "hamming_loss", "loss")
 
@@ -44,8 +47,11 @@ def run_compare(
     df = compare_runs(experiment, metric, uri, higher_is_better=higher)
     if console is not None:
         console.print(_table(df, metric, f"{experiment}: runs by {metric}"))
-        for line in _warning_lines(df):
+    for line in _warning_lines(df):  # with --json too: stdout stays JSON, this goes to stderr
+        if console is not None:
             console.print(f"[yellow]warning:[/] {line}", highlight=False)
+        else:
+            log.warning("%s", line)
     summary: dict[str, Any] = {
         "experiment": experiment,
         "metric": metric,

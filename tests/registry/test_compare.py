@@ -370,7 +370,8 @@ def test_cli_compare_refuses_overlapping_promotion(
 
     forced = _cli(*args, "--force", "--json", uri=mlflow_server, cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr[-3000:]
-    summary = json.loads(forced.stdout)
+    summary = json.loads(forced.stdout)  # stdout is only JSON; the warnings went to stderr
+    assert "only 18 test patients" in forced.stderr
     assert summary["promotion"] == "forced" and summary["ranking"][0]["n_test"] == 18
     version = current_alias_version(model, CHAMPION, mlflow_server)
     assert version == summary["champion"]
