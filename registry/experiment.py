@@ -25,6 +25,7 @@ from fusion.data import Collator, PreparedCohort
 from fusion.experiment import Variant, VariantResult, plan_variants, split_cohort, train_variant
 from fusion.train import TrainConfig, autocast, resolve_device
 from registry import plots
+from registry.compare import WARNING_TAG, ci_pairs, reliability_warnings, warning_text
 from registry.model import log_model, promote
 from registry.tracking import Tracker
 
@@ -57,6 +58,16 @@ def cohort_hash(prepared: Path) -> str:
 
 def _metric_key(k: str) -> str:
     return f"test_{k}"
+
+
+def _flag_small_n(tracker: Tracker, name: str, metrics: dict[str, Any]) -> str:
+    """Tag (``clinfuse.warning``) and log why a variant's test numbers are too uncertain to
+    rank on: fewer than 30 test patients or a 95% CI wider than 0.3. Returns the text."""
+    text = warning_text(reliability_warnings(metrics.get("n"), ci_pairs(metrics)))
+    if text:
+        tracker.set_tags({WARNING_TAG: text})
+        log.warning("%s: %s", name, text)
+    return text
 
 
 def _binary_plots(tracker: Tracker, y: np.ndarray, p: np.ndarray, threshold: float) -> None:
@@ -232,12 +243,15 @@ def train_one(
             if res.fit.history
             else {}
         )
-        tracker.log_figure(plots.training_curves_figure(history), "plots/training_curves.png")
+        tracker.log_figure(
+            plots.training_curves_figure(history, res.fit.best_epoch), "plots/training_curves.png"
+        )
         if cohort.task == "binary" and res.test.labels is not None:
             _binary_plots(tracker, res.test.labels, res.test.probs, res.threshold)
         tracker.log_table(_predictions_table(res, cohort.task), "predictions")
         tracker.log_text(_model_card(res, cohort, rows, chash), "model_card.md")
         _log_explanations(tracker, res, cohort, rows)
+        _flag_small_n(tracker, variant.name, res.test_metrics)
         info = log_model(
             tracker,
             res.model.state_dict(),
@@ -273,8 +287,12 @@ def _variant_records(runs: list[VariantRun]) -> list[dict[str, Any]]:
     """One summary row per variant (no PHI): names, test metrics with CIs, version."""
     keys = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "accuracy", "brier", "ece")
     return [{"variant": r.name, "fusion": r.fusion, "modalities": "+".join(r.modalities),
+             "n_test": r.test_metrics.get("n"),
              **{k: r.test_metrics.get(k) for k in keys}, "run_id": r.run_id,
-             "version": r.version} for r in runs]
+             "version": r.version,
+             "warning": warning_text(reliability_warnings(r.test_metrics.get("n"),
+                                                          ci_pairs(r.test_metrics)))}
+            for r in runs]
 
 
 def run_experiment(
@@ -372,6 +390,7 @@ def log_external_variants(
                                if isinstance(v, int | float)})
                 t.log_metrics({"best_epoch": fit["best_epoch"], "train_seconds": fit["seconds"]})
                 t.log_table(pd.read_parquet(d / ddp.TEST_PREDICTIONS_FILE), "predictions")
+                _flag_small_n(t, fit["variant"], metrics)
                 info = log_model(t, load_file(str(d / ddp.WEIGHTS_FILE)), config,
                                  builder=BUILDER, registered_name=register, alias=None)
                 version = getattr(info, "registered_model_version", None)

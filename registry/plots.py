@@ -10,6 +10,7 @@ raising, so an evaluation never fails on a plot.
 from __future__ import annotations
 
 import html
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -176,36 +177,120 @@ def confusion_matrix_figure(
     return fig
 
 
-def _curve_group(name: str) -> str:
-    """'train_loss', 'val/loss', 'val_loss' -> 'loss': curves of one quantity share an axis."""
-    for prefix in ("train", "val", "valid", "test"):
+def _curve_group(name: str) -> tuple[str, str]:
+    """'train_loss' -> ('train', 'loss'); 'val/auroc' -> ('val', 'auroc'); 'lr' -> ('', 'lr')."""
+    for prefix, split in (("train", "train"), ("valid", "val"), ("val", "val"), ("test", "test")):
         for sep in ("_", "/", "."):
             if name.startswith(prefix + sep):
-                return name[len(prefix) + 1 :]
-    return name
+                return split, name[len(prefix) + 1 :]
+    return "", name
 
 
-def training_curves_figure(history: Mapping[str, Sequence[float]]) -> Figure:
-    """One panel per quantity (train/val curves of the same metric together), x = epoch."""
-    groups: dict[str, list[str]] = {}
-    for name in history:
-        if len(history[name]):
-            groups.setdefault(_curve_group(name), []).append(name)
-    fig, axes = _figure(1, max(len(groups), 1), size=(4.5 * max(len(groups), 1), 3.5))
-    if not groups:
-        _empty(axes[0, 0], "no training history")
+# Panels of the training-curves grid, in order: title and the quantities drawn on it (for a
+# quantity with alternatives, e.g. binary 'auroc' vs multiclass 'auroc_macro', the first
+# one in the history wins). Calibration draws Brier and ECE together: both lower-is-better
+# on about the same scale.
+CURVE_PANELS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
+    ("loss", (("loss",),)),
+    ("AUROC", (("auroc", "auroc_macro", "auroc_micro"),)),
+    ("AUPRC", (("auprc", "auprc_macro", "auprc_micro"),)),
+    ("calibration", (("brier",), ("ece",))),
+)
+# Quantities that fill the grid up to MAX_CURVE_PANELS when the ones above are missing
+# (other tasks); bookkeeping series are never drawn.
+SECONDARY_CURVES = ("balanced_accuracy", "f1_macro", "accuracy", "f1")
+NOT_CURVES = frozenset({"lr", "epoch_seconds", "seconds", "n", "prevalence", "threshold"})
+MAX_CURVE_PANELS = 4
+SPLIT_STYLE = {"train": ("tab:blue", "-"), "val": ("tab:orange", "--"), "test": ("tab:green", ":")}
+QUANTITY_COLOURS = ("tab:purple", "tab:red", "tab:brown")
+
+
+def _curve_panels(series: Mapping[tuple[str, str], np.ndarray]) -> list[tuple[str, list[str]]]:
+    """The panels to draw: (title, quantities) for what the history actually holds."""
+    have = {q for _, q in series}
+    panels: list[tuple[str, list[str]]] = []
+    for title, slots in CURVE_PANELS:
+        chosen = [next(q for q in alts if q in have) for alts in slots if have & set(alts)]
+        if chosen:
+            panels.append((title, chosen))
+    used = {q for _, qs in panels for q in qs}
+    others = [q for q in SECONDARY_CURVES if q in have] + sorted(
+        have - used - set(SECONDARY_CURVES) - NOT_CURVES
+    )
+    # a quantity already shown under another name (auroc_micro next to auroc_macro) is skipped
+    others = [
+        q
+        for q in others
+        if q not in used and not any(q in alts for _, sl in CURVE_PANELS for alts in sl)
+    ]
+    for q in others[: max(0, MAX_CURVE_PANELS - len(panels))]:
+        panels.append((q, [q]))
+    return panels
+
+
+def training_curves_figure(
+    history: Mapping[str, Sequence[float]], best_epoch: int | None = None
+) -> Figure:
+    """A small grid of the curves that matter, x = epoch: loss, AUROC, AUPRC, calibration.
+
+    Train and validation curves of one quantity share an axis (train solid, validation
+    dashed); a panel with only one split says so in its title. Learning rate, timings and
+    sample descriptors are left out; other quantities fill the grid (at most
+    ``MAX_CURVE_PANELS`` panels) only when the main ones were not logged. ``best_epoch``
+    (0-based index into the history) marks the epoch whose weights were kept.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    series: dict[tuple[str, str], np.ndarray] = {}
+    for name, values in history.items():
+        arr = np.asarray(values, dtype=float).reshape(-1)
+        if arr.size and np.isfinite(arr).any():
+            series[_curve_group(name)] = arr
+    panels = _curve_panels(series)
+    n = max(len(panels), 1)
+    ncols = 2 if n == 4 else n  # n <= MAX_CURVE_PANELS: 1-3 in a row, 4 as 2 x 2
+    nrows = math.ceil(n / ncols)
+    fig, axes = _figure(nrows, ncols, size=(4.8 * ncols, 3.4 * nrows))
+    flat = list(axes.reshape(-1))
+    for ax in flat[n:]:
+        ax.remove()
+    if not panels:
+        _empty(flat[0], "no training history")
         return fig
-    for ax, (group, names) in zip(axes[0], sorted(groups.items()), strict=True):
-        for name in names:
-            values = np.asarray(history[name], dtype=float)
-            ax.plot(
-                np.arange(1, values.size + 1),
-                values,
-                marker="o" if values.size < 30 else None,
-                label=name,
+    for ax, (title, quantities) in zip(flat, panels, strict=False):
+        splits: set[str] = set()
+        markers = ("o", "s", "^")
+        for i, q in enumerate(quantities):
+            for split in ("train", "val", "test", ""):
+                values = series.get((split, q))
+                if values is None:
+                    continue
+                splits.add(split or "unlabelled")
+                colour, style = SPLIT_STYLE.get(split, ("tab:gray", "-"))
+                if len(quantities) > 1:  # colour tells the quantity, line style the split
+                    colour = QUANTITY_COLOURS[i % len(QUANTITY_COLOURS)]
+                label = " ".join(p for p in ((split or None), q) if p)
+                ax.plot(
+                    np.arange(1, values.size + 1),
+                    values,
+                    color=colour,
+                    linestyle=style,
+                    marker=markers[i % len(markers)] if values.size < 30 else None,
+                    markersize=4,
+                    label=label,
+                )
+        if best_epoch is not None:
+            ax.axvline(
+                best_epoch + 1, color="grey", linewidth=0.8, linestyle=":", label="weights kept"
             )
-        ax.set(title=group, xlabel="epoch")
-        ax.legend()
+        only = {"train": "train", "val": "validation"}.get(next(iter(splits)), "")
+        if len(splits) != 1:
+            only = ""
+        ax.set(title=f"{title} ({only} only)" if only else title, xlabel="epoch")
+        if title == "calibration":
+            ax.set_ylabel("lower is better")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize="small")
     return fig
 
 

@@ -185,19 +185,25 @@ def _variants_table(rows: list[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("variant", "modalities", "auroc", "95% CI", "auprc", "brier", "version"):
+    for col in ("variant", "modalities", "n_test", "auroc", "95% CI", "auprc", "brier",
+                "version"):
         table.add_column(col)
 
     def f(v: Any) -> str:
         return "n/a" if v is None or v != v else f"{v:.3f}"
 
     for r in rows:
+        n = r.get("n_test")
         table.add_row(
-            str(r.get("variant")), str(r.get("modalities")), f(r.get("auroc")),
+            str(r.get("variant")), str(r.get("modalities")),
+            "?" if n is None or n != n else str(int(n)), f(r.get("auroc")),
             f"{f(r.get('auroc_ci_low'))}–{f(r.get('auroc_ci_high'))}", f(r.get("auprc")),
             f(r.get("brier")), str(r.get("version") or "-"),
         )
     Console().print(table)
+    for r in rows:  # after the table: the numbers above are not a reliable ranking
+        if r.get("warning"):
+            console.print(f"[yellow]warning:[/] {r['variant']}: {r['warning']}", highlight=False)
 
 
 @app.command()
@@ -209,14 +215,21 @@ def compare(
         str | None, typer.Option(help="Give the best run's version of this model 'champion'.")
     ] = None,
     workdir: Annotated[Path, typer.Option(help="Local MLflow store folder.")] = Path("."),
+    force: Annotated[bool, typer.Option(
+        "--force", help="Promote even if the best run's CI overlaps the runner-up's (tagged).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare every run of an experiment; optionally promote the best to champion."""
+    if force and not promote:
+        from modalities.errors import ConfigError
+
+        raise ConfigError("--force only applies with --promote NAME; add --promote or drop it")
     from workflows.compare import run_compare
 
     with _stdout_for(as_json):
         summary = run_compare(experiment, metric, promote, workdir,
-                              console=None if as_json else Console())
+                              console=None if as_json else Console(), force=force)
     if as_json:
         _emit(summary, True, "compare")
 

@@ -85,3 +85,63 @@ def test_note_tokens_html_escapes_and_shades() -> None:
     assert plots.note_tokens_html([], []).startswith("<div")
     with pytest.raises(ValueError, match="weights"):
         plots.note_tokens_html(["a"], [])
+
+
+# What fusion.train.fit logs per epoch today (16 quantities); the first test adds train_auroc,
+# val_loss and train_brier as a loop that evaluates both splits would.
+EPOCHS = 12
+FIT_KEYS = [
+    "train_loss", "lr", "epoch_seconds", "val_n", "val_prevalence", "val_threshold",
+    "val_auroc", "val_auprc", "val_accuracy", "val_balanced_accuracy", "val_f1",
+    "val_sensitivity", "val_specificity", "val_ppv", "val_npv", "val_brier", "val_ece",
+]  # fmt: skip
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _lines(ax) -> list[str]:
+    return [line.get_label() for line in ax.get_lines()]
+
+
+def test_training_curves_grid_of_what_matters(tmp_path) -> None:
+    history = {
+        k: list(RNG.random(EPOCHS)) for k in [*FIT_KEYS, "train_auroc", "val_loss", "train_brier"]
+    }
+    fig = plots.training_curves_figure(history, best_epoch=6)
+    axes = {ax.get_title(): ax for ax in fig.axes}
+    assert list(axes) == ["loss", "AUROC", "AUPRC (validation only)", "calibration"]
+    assert [ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes] == [(2, 2)] * 4
+    # train and validation of one quantity on the same axes, told apart by line style
+    loss = [line for line in axes["loss"].get_lines() if line.get_label() != "weights kept"]
+    assert [line.get_label() for line in loss] == ["train loss", "val loss"]
+    assert [line.get_linestyle() for line in loss] == ["-", "--"]
+    assert _lines(axes["AUROC"])[:2] == ["train auroc", "val auroc"]
+    assert _lines(axes["calibration"])[:3] == ["train brier", "val brier", "val ece"]
+    assert "weights kept" in _lines(axes["loss"])
+    width, height = _png_size(plots.save_figure(fig, tmp_path / "curves.png"))
+    assert 600 <= width <= 2000 and 400 <= height <= 1200, (width, height)
+
+
+def test_training_curves_today_and_other_tasks(tmp_path) -> None:
+    # Today's loop: only train loss per epoch for loss, only validation for the rest.
+    fig = plots.training_curves_figure({k: list(RNG.random(EPOCHS)) for k in FIT_KEYS})
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["loss (train only)", "AUROC (validation only)", "AUPRC (validation only)",
+                      "calibration (validation only)"]  # fmt: skip
+    width, _ = _png_size(plots.save_figure(fig, tmp_path / "today.png"))
+    assert width <= 2000
+    # Multiclass names its AUROC auroc_macro; a missing AUPRC frees a panel for accuracy.
+    multi = {"train_loss": [1, 0.5], "val_auroc_macro": [0.6, 0.7], "val_auroc_micro": [0.6, 0.7],
+             "val_balanced_accuracy": [0.4, 0.5], "val_brier": [0.3, 0.2],
+             "lr": [1e-3, 1e-4]}  # fmt: skip
+    titles = [ax.get_title() for ax in plots.training_curves_figure(multi).axes]
+    val_only = ["AUROC", "calibration", "balanced_accuracy"]
+    assert titles == ["loss (train only)", *(f"{t} (validation only)" for t in val_only)]
+    # An all-NaN series is not drawn.
+    only_loss = {"train_loss": [0.9, 0.5], "val_auroc": [float("nan")] * 2}
+    assert [ax.get_title() for ax in plots.training_curves_figure(only_loss).axes] == [
+        "loss (train only)"
+    ]
