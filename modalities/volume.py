@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -157,7 +158,15 @@ def read_nifti(
             raise InputRejected(
                 ReasonCode.TRUNCATED_FILE, "the NIfTI file is empty (0 bytes); re-send it"
             )
-        img = nib.load(str(path))
+        # nibabel logs the header "fixes" it applies (pixdim 0 -> 1); they are checked below
+        # from the raw header instead, so its log is muted for the load.
+        nib_log = logging.getLogger("nibabel.global")
+        level = nib_log.level
+        nib_log.setLevel(logging.ERROR)
+        try:
+            img = nib.load(str(path))
+        finally:
+            nib_log.setLevel(level)
         raw = _raw_nifti_header(path, type(img.header))
     except FileNotFoundError:
         raise InputRejected(
