@@ -235,15 +235,20 @@ def _read_header(path: Path) -> _SliceHeader | None:
 
     Files without the 128-byte preamble and "DICM" prefix (e.g. pydicom's ``no_meta.dcm``)
     count as not DICOM: reading them with ``force=True`` turns arbitrary files into garbage.
-    An empty file, or a ``.dcm`` file too short to hold the preamble, is a truncated file.
+    An empty file, or one holding only part of the NUL preamble, is a truncated file.
     Large values (the pixel data) are skipped, not read: only their lengths are checked.
     """
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     size = path.stat().st_size
-    if size == 0 or (size < 132 and path.suffix.lower() == ".dcm"):
-        raise _truncated(f"a file is {size} bytes long")
+    if size < 132:
+        # Empty, or only part of the 128-byte NUL preamble: a DICOM file cut short. Short
+        # files with other content (a README, a text file named .dcm) are not DICOM.
+        with path.open("rb") as fh:
+            head = fh.read(132)
+        if not head.strip(b"\0"):
+            raise _truncated(f"a file is {size} bytes long")
     try:
         ds = dcmread(path, defer_size=4096)
     except InvalidDicomError:
