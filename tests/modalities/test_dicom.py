@@ -287,3 +287,60 @@ def test_truncated_slice_inside_a_series(tmp_path):
     data = paths[3].read_bytes()
     paths[3].write_bytes(data[:-100])
     assert reject(tmp_path, min_slices=8).code is ReasonCode.TRUNCATED_FILE
+
+
+# --- geometry sanity (issue 10) ------------------------------------------------------------
+
+
+def test_position_jitter_below_a_tenth_of_a_voxel_is_not_tilt(tmp_path):
+    paths = write_dicom_series(tmp_path, hu_volume((16, 16, 8)))
+    ds = dcmread(paths[3])
+    ds.ImagePositionPatient = [0.05, -0.04, float(ds.ImagePositionPatient[2])]
+    ds.save_as(paths[3])
+    assert read_dicom_series(tmp_path, min_slices=8).shape == (16, 16, 8)
+
+
+@pytest.mark.parametrize(
+    ("attr", "value", "code", "text"),
+    [
+        ("PixelSpacing", [0.0, 0.0], ReasonCode.INVALID_SPACING, "(0, 0) mm"),
+        ("PixelSpacing", [-0.7, 0.7], ReasonCode.INVALID_SPACING, "(-0.7, 0.7) mm"),
+        (
+            "ImageOrientationPatient",
+            [2, 0, 0, 0, 2, 0],
+            ReasonCode.INVALID_ORIENTATION,
+            "length 2 and 2",
+        ),
+        (
+            "ImageOrientationPatient",
+            [1, 0, 0, 0.5, 0.8660254, 0],
+            ReasonCode.INVALID_ORIENTATION,
+            "60.0 degrees apart",
+        ),
+        (
+            "ImageOrientationPatient",
+            [1, 0, 0, 1, 0, 0],
+            ReasonCode.INVALID_ORIENTATION,
+            "0.0 degrees apart",
+        ),
+    ],
+)
+def test_header_geometry_sanity(tmp_path, attr, value, code, text):
+    write_dicom_series(tmp_path, hu_volume((8, 8, 8)), extra={**PHI, attr: value})
+    err = reject(tmp_path, min_slices=8)
+    assert err.code is code and text in err.message
+    assert str(tmp_path) not in err.message and "IM000" not in err.message
+
+
+def test_huge_declared_matrix_rejected_before_allocation(tmp_path):
+    paths = write_dicom_series(tmp_path, hu_volume((8, 8, 8)))
+    for p in paths:
+        ds = dcmread(p)
+        ds.Rows = ds.Columns = 65535
+        ds.save_as(p)
+    err = reject(tmp_path, min_slices=8)
+    assert err.code is ReasonCode.TRUNCATED_FILE and "128 bytes" in err.message
+    assert reject(tmp_path, min_slices=8, max_voxels=10).code is ReasonCode.TRUNCATED_FILE
+    ok = tmp_path.parent / "ok"
+    write_dicom_series(ok, hu_volume((8, 8, 8)))
+    assert reject(ok, min_slices=8, max_voxels=511).code is ReasonCode.VOLUME_TOO_LARGE
