@@ -308,7 +308,7 @@ class GeoArray(np.ndarray):
     overlays. It is an ndarray subclass so every other caller keeps working unchanged.
     """
 
-    cache_meta: dict[str, Any] | None
+    cache_meta: dict[str, Any] | None = None  # class default: unpickled copies lack it
 
     def __array_finalize__(self, obj: Any) -> None:
         self.cache_meta = getattr(obj, "cache_meta", None)
