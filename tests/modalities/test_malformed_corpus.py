@@ -711,3 +711,16 @@ def test_corpus_through_the_cli(built: Built, tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr[-3000:]
     _check_outcome(out, built, json.loads(res.stdout))
+
+
+def test_jpeg2000_decodes_to_the_uncompressed_pixels() -> None:
+    """The corpus expects JPEG 2000 accepted only where a decoder is installed; check it."""
+    if not get_decoder(JPEG2000Lossless).is_available:
+        pytest.skip("no JPEG 2000 decoder installed (corpus expects CODEC_UNAVAILABLE)")
+    from modalities.mri import MRIModality
+
+    mod = MRIModality({"min_slices": 1})
+    j2k = mod.load(get_testdata_file("MR_small_jp2klossless.dcm"))
+    raw = mod.load(get_testdata_file("MR_small.dcm"))
+    np.testing.assert_array_equal(j2k.array, raw.array)
+    np.testing.assert_allclose(j2k.affine, raw.affine)
