@@ -3,6 +3,9 @@
 Layout under the cache root::
 
     <modality>/<key[:2]>/<key>.npy        preprocessed array (volumes, audio, tabular)
+    <modality>/<key[:2]>/<key>.meta.json  what the array alone cannot say (volumes: the
+                                          output affine and source orientation); written
+                                          before the .npy, so an entry never lacks it
     <modality>/<key[:2]>/<key>.txt        de-identified, normalized note text
     <modality>/<key[:2]>/<key>.rejected.json  a cached rejection (code + message)
     memo/<fingerprint[:2]>/<fingerprint>  content hash of an input, keyed by its files'
@@ -73,6 +76,11 @@ class TensorCache:
             atomic_write_bytes(path, value.encode("utf-8"))
         else:
             path = base.with_suffix(".npy")
+            meta = getattr(value, "cache_meta", None)
+            if meta is not None:
+                atomic_write_bytes(
+                    base.with_suffix(".meta.json"), json.dumps(meta, sort_keys=True).encode()
+                )
 
             def _save(tmp: Path) -> None:
                 with open(tmp, "wb") as fh:
@@ -89,6 +97,11 @@ class TensorCache:
         if path.suffix == ".txt":
             return path.read_text(encoding="utf-8")
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+    def get_meta(self, modality: str, key: str) -> dict | None:
+        """The metadata stored with an array (e.g. a volume's ``affine``), or None if none."""
+        p = self._base(modality, key).with_suffix(".meta.json")
+        return json.loads(p.read_text()) if p.exists() else None
 
     def put_rejection(self, modality: str, key: str, error: InputRejected) -> None:
         """Remember that this exact content failed under this spec (no PHI: code + message)."""

@@ -5,11 +5,16 @@ MONAI's ``LoadImage`` is not used here: on a folder it silently averages uneven 
 warning. This reader validates the geometry itself, from headers only, before decoding any
 pixel data:
 
-1. headers (``stop_before_pixels``) of every file; non-DICOM files in a folder are skipped;
+1. headers of every file (pixel data skipped, not read); non-DICOM files in a folder are
+   skipped; truncated files and pixel data shorter than Rows x Columns need are rejected
+   here, before anything is allocated;
 2. one series (or the one a ``SeriesRef`` selects), of an allowed DICOM Modality;
-3. same orientation, matrix and pixel spacing on every slice;
+3. sane geometry (PixelSpacing > 0 and finite, ImageOrientationPatient unit-length and
+   orthogonal), the same on every slice, and a bounded voxel count;
 4. slices sorted along the slice normal; gaps compared to the median gap (missing slices,
-   uneven or duplicate positions are rejected, or resampled onto a uniform grid on request);
+   uneven or duplicate positions are rejected, or resampled onto a uniform grid on request;
+   gaps wider than a few slices are never resampled); slices drifting in-plane (gantry tilt)
+   are rejected or de-sheared, by policy;
 5. pixel data decoded in a small thread pool, rescaled to float32 (HU for CT).
 
 Error messages never contain header values, file names or paths (they can carry PHI); the
@@ -23,8 +28,9 @@ import re
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from struct import error as struct_error
 from typing import Any, Literal
 
 import numpy as np
@@ -37,9 +43,35 @@ from modalities.paths import SeriesRef, source_files
 ORIENTATION_TOLERANCE = 1e-3
 # Relative tolerance when comparing PixelSpacing between slices.
 PIXEL_SPACING_RTOL = 1e-3
+# Row/column cosines must be unit length and orthogonal to this (absolute) tolerance: DS
+# strings with 4+ significant digits are well inside it; 2\0\0 or cosines 60 degrees apart
+# (a corrupt or hand-edited header) are far outside.
+COSINE_TOLERANCE = 5e-3
+# In-plane drift of the slices (over the whole series, in voxels) above which the series
+# counts as gantry-tilted (sheared). Below it, ignoring the shear moves nothing by more than
+# this fraction of a voxel.
+TILT_TOLERANCE_VOXELS = 0.1
+# Uneven gaps are only interpolated across when no gap exceeds this many median gaps:
+# across a wider gap, "resampling" would invent most of the output (CT2: 161 of 165 slices).
+MAX_RESAMPLE_GAP = 3.0
+# Largest volume read (voxels); a float32 stack of 2**30 voxels is 4 GiB. A header that
+# declares more (Rows = Columns = 65535) is rejected before anything is allocated.
+MAX_VOXELS = 1 << 30
 DEFAULT_DECODE_WORKERS = 2
+# Transfer syntaxes whose pixel data is stored raw: its length must equal what the image
+# attributes need, so a mismatch is caught from the header. (Deflated is raw after inflation.)
+_NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+}
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_PIXEL_DATA = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 SpacingPolicy = Literal["reject", "resample"]
+TiltPolicy = Literal["reject", "deshear"]
 
 
 @dataclass
@@ -52,6 +84,9 @@ class Volume:
 
     array: np.ndarray
     affine: np.ndarray
+    # How the volume was read (geometry numbers only, never header text): e.g.
+    # ``{"tilt_degrees": 20.0, "desheared": True}``. Stored with the cache entry.
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -118,14 +153,18 @@ class _MessageFilter(logging.Filter):
 
 
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
-    """``value`` as ``n`` finite floats, or None when absent or malformed."""
-    if value is None:
+    """``value`` as ``n`` floats; None when absent; NaNs when present but malformed.
+
+    Malformed values (wrong count, not numbers) become NaN so the geometry checks reject
+    them with a specific code instead of treating them as absent.
+    """
+    if value is None or (not isinstance(value, (int, float)) and len(value) == 0):
         return None
     try:
-        out = tuple(float(v) for v in value)
+        out = tuple(float(v) for v in (value if hasattr(value, "__len__") else [value]))
     except (TypeError, ValueError):
-        return None
-    return out if len(out) == n and all(np.isfinite(out)) else None
+        return (float("nan"),) * n
+    return out if len(out) == n else (float("nan"),) * n
 
 
 def _float(value: Any) -> float | None:
@@ -136,19 +175,86 @@ def _float(value: Any) -> float | None:
     return f if np.isfinite(f) and f > 0 else None
 
 
+def _truncated(message: str) -> InputRejected:
+    return InputRejected(
+        ReasonCode.TRUNCATED_FILE,
+        f"{message}; the file was cut short (interrupted copy or export): re-send the "
+        "complete series",
+    )
+
+
+def _pixel_bytes_needed(ds: Any, rows: int, columns: int, frames: int) -> int:
+    """Bytes of native pixel data that Rows x Columns x frames x samples x bits need."""
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    n = rows * columns * frames * samples
+    return (n + 7) // 8 if bits == 1 else n * ((bits + 7) // 8)
+
+
+def _check_lengths(ds: Any, path: Path, rows: int, columns: int, frames: int) -> None:
+    """Reject a file that ends before its elements do, or whose pixel data is too short.
+
+    pydicom reads a truncated file without complaint (a cut header just ends the dataset,
+    a cut value comes back short), so the declared element lengths are compared with the
+    file size here, from the header alone.
+    """
+    from pydicom.dataelem import RawDataElement
+
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    size = path.stat().st_size
+    if len(ds) == 0:
+        raise _truncated("a DICOM file holds no data elements after its file meta header")
+    if syntax != _DEFLATED:  # offsets of a deflated file are in the inflated stream
+        for tag in list(ds.keys()):
+            el = ds.get_item(tag, keep_deferred=True)
+            if (
+                isinstance(el, RawDataElement)
+                and el.length != _UNDEFINED_LENGTH
+                and el.value_tell is not None
+                and el.value_tell + el.length > size
+            ):
+                missing = el.value_tell + el.length - size
+                raise _truncated(f"a DICOM file ends {missing} byte(s) before its last element")
+    has_pixels = _PIXEL_DATA in ds
+    sop = ds.file_meta.get("MediaStorageSOPClassUID") or ds.get("SOPClassUID")
+    if not has_pixels and "Image Storage" in str(getattr(sop, "name", "")):
+        raise _truncated("a DICOM image file ends before its pixel data")
+    if has_pixels and rows > 0 and columns > 0 and syntax in _NATIVE_SYNTAXES:
+        el = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+        length = getattr(el, "length", None)
+        need = _pixel_bytes_needed(ds, rows, columns, frames)
+        if length is not None and length != _UNDEFINED_LENGTH and length < need:
+            raise _truncated(
+                f"a slice's pixel data holds {length} bytes but its Rows x Columns x "
+                f"BitsAllocated need {need} (or the image attributes are wrong)"
+            )
+
+
 def _read_header(path: Path) -> _SliceHeader | None:
     """Parse one file's header; None if it is not a DICOM Part-10 file.
 
     Files without the 128-byte preamble and "DICM" prefix (e.g. pydicom's ``no_meta.dcm``)
     count as not DICOM: reading them with ``force=True`` turns arbitrary files into garbage.
+    An empty file, or one holding only part of the NUL preamble, is a truncated file.
+    Large values (the pixel data) are skipped, not read: only their lengths are checked.
     """
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
+    size = path.stat().st_size
+    if size < 132:
+        # Empty, or only part of the 128-byte NUL preamble: a DICOM file cut short. Short
+        # files with other content (a README, a text file named .dcm) are not DICOM.
+        with path.open("rb") as fh:
+            head = fh.read(132)
+        if not head.strip(b"\0"):
+            raise _truncated(f"a file is {size} bytes long")
     try:
-        ds = dcmread(path, stop_before_pixels=True)
+        ds = dcmread(path, defer_size=4096)
     except InvalidDicomError:
         return None
+    except (EOFError, struct_error):
+        raise _truncated("a DICOM file ends inside its header") from None
     except Exception as exc:  # pydicom raises many types on corrupt headers
         raise InputRejected(
             ReasonCode.UNREADABLE,
@@ -162,6 +268,14 @@ def _read_header(path: Path) -> _SliceHeader | None:
         raise InputRejected(
             ReasonCode.UNREADABLE,
             "a DICOM file has a malformed image attribute (NumberOfFrames, Rows or Columns "
+            "is not an integer); re-export the series",
+        ) from None
+    try:
+        _check_lengths(ds, path, rows, columns, frames)
+    except (TypeError, ValueError):
+        raise InputRejected(
+            ReasonCode.UNREADABLE,
+            "a DICOM file has a malformed image attribute (SamplesPerPixel or BitsAllocated "
             "is not an integer); re-export the series",
         ) from None
     thickness = _float(ds.get("SpacingBetweenSlices")) or _float(ds.get("SliceThickness"))
@@ -247,6 +361,59 @@ def series_files(source: Path | str | SeriesRef) -> list[Path]:
     return sorted(h.path for h in read_series_headers(source))
 
 
+def check_spacing(spacing: Sequence[float], what: str) -> None:
+    """Voxel sizes must be finite and > 0: 0 makes the affine singular, < 0 mirrors the image."""
+    sp = np.asarray(spacing, dtype=np.float64)
+    if not np.isfinite(sp).all() or (sp <= 0).any():
+        shown = ", ".join(f"{v:.4g}" for v in sp)
+        raise InputRejected(
+            ReasonCode.INVALID_SPACING,
+            f"{what} is ({shown}) mm but must be finite and greater than 0; the header is "
+            "corrupt or was edited: re-export the series from the scanner or PACS",
+        )
+
+
+def _check_slice_geometry(h: _SliceHeader) -> None:
+    """PixelSpacing > 0 and finite; row/column cosines unit-length, orthogonal; IPP finite."""
+    assert h.pixel_spacing is not None and h.orientation is not None and h.position is not None
+    check_spacing(h.pixel_spacing, "PixelSpacing")
+    row, col = h.orientation[:3], h.orientation[3:]
+    if not np.isfinite(h.orientation).all():
+        problem = "is not six numbers"
+    else:
+        norms = (float(np.linalg.norm(row)), float(np.linalg.norm(col)))
+        cos = float(row @ col) / max(norms[0] * norms[1], 1e-12)
+        problem = ""
+        if max(abs(norms[0] - 1.0), abs(norms[1] - 1.0)) > COSINE_TOLERANCE:
+            problem = f"has row/column cosines of length {norms[0]:.3g} and {norms[1]:.3g}, not 1"
+        elif abs(cos) > COSINE_TOLERANCE:
+            angle = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+            problem = f"has row and column directions {angle:.1f} degrees apart, not 90"
+    if problem:
+        raise InputRejected(
+            ReasonCode.INVALID_ORIENTATION,
+            f"ImageOrientationPatient {problem}, so the slices cannot be placed in space; "
+            "the header is corrupt or was edited: re-export the series",
+        )
+    if not np.isfinite(h.position).all():
+        raise InputRejected(
+            ReasonCode.INVALID_ORIENTATION,
+            "ImagePositionPatient is not three finite numbers; re-export the series",
+        )
+
+
+def check_voxel_count(shape: Sequence[int], max_voxels: int) -> None:
+    """Refuse to allocate a volume larger than ``max_voxels`` (checked from headers)."""
+    n = int(np.prod([int(v) for v in shape], dtype=np.float64))
+    if n > max_voxels:
+        dims = " x ".join(str(int(v)) for v in shape)
+        raise InputRejected(
+            ReasonCode.VOLUME_TOO_LARGE,
+            f"the header declares {dims} = {n} voxels, more than the limit of {max_voxels} "
+            "(spec.max_voxels); the header is corrupt, or downsample the volume before ingest",
+        )
+
+
 def _check_headers(
     headers: list[_SliceHeader], modalities: Sequence[str] | None, min_slices: int
 ) -> None:
@@ -287,6 +454,8 @@ def _check_headers(
             f"slices lack {', '.join(missing)}, so they cannot be placed in space; "
             "export the original images, not secondary captures",
         )
+    for h in headers:
+        _check_slice_geometry(h)
     ref = headers[0]
     for h in headers[1:]:
         if not np.allclose(h.orientation, ref.orientation, atol=ORIENTATION_TOLERANCE):
@@ -314,6 +483,10 @@ class _Geometry:
     positions: np.ndarray  # (n,) sorted, mm along the normal
     targets: np.ndarray | None  # (m,) uniform output positions when resampling, else None
     affine: np.ndarray  # 4x4 voxel -> RAS
+    # (n, 2) in-plane offset of each slice's origin from the first slice's, in voxels along
+    # i (columns) and j (rows), when the slices drift in-plane (gantry tilt); else None.
+    drift: np.ndarray | None = None
+    tilt_degrees: float = 0.0
 
 
 def _slice_step(gaps: np.ndarray, n: int, tol: float) -> tuple[float, bool]:
@@ -339,21 +512,59 @@ def _slice_step(gaps: np.ndarray, n: int, tol: float) -> tuple[float, bool]:
                 f"{k - 1} slice(s) missing inside the series (a gap of {k} slice "
                 "intervals); re-export the complete series",
             )
+        if ratio > MAX_RESAMPLE_GAP:
+            # Refused whatever on_inconsistent_spacing says: interpolating across it would
+            # make up most of the output.
+            raise InputRejected(
+                ReasonCode.SLICE_GAP_TOO_LARGE,
+                f"one gap between slices is {g:.4g} mm, {ratio:.0f} times the usual "
+                f"{median:.4g} mm, beside {n} slices: the files cover separate ranges (two "
+                "scans, or most slices lost); resampling would invent the gap, so it is not "
+                "done: re-export the complete series or split it",
+            )
         uneven = True
     return median, uneven
 
 
-def _geometry(headers: list[_SliceHeader], tol: float, on_inconsistent: SpacingPolicy) -> _Geometry:
+def _geometry(
+    headers: list[_SliceHeader],
+    tol: float,
+    on_inconsistent: SpacingPolicy,
+    on_tilt: TiltPolicy,
+) -> _Geometry:
     ref = headers[0]
     assert ref.orientation is not None and ref.pixel_spacing is not None
-    row_dir, col_dir = ref.orientation[:3], ref.orientation[3:]
+    # Unit length within COSINE_TOLERANCE was checked; normalise away the DS rounding.
+    row_dir = ref.orientation[:3] / np.linalg.norm(ref.orientation[:3])
+    col_dir = ref.orientation[3:] / np.linalg.norm(ref.orientation[3:])
     normal = np.cross(row_dir, col_dir)
+    normal /= np.linalg.norm(normal)
     pos = np.array([float(h.position @ normal) for h in headers])  # type: ignore[operator]
     idx = np.argsort(pos, kind="stable")
     order = [headers[i] for i in idx]
     pos = pos[idx]
     first = order[0].position
     assert first is not None
+    col_spacing, row_spacing = ref.pixel_spacing[1], ref.pixel_spacing[0]
+
+    # In-plane drift of each slice origin (gantry tilt): the offset from the first slice that
+    # is not along the normal, in voxels along i (row direction) and j (column direction).
+    rel = np.stack([h.position - first for h in order])  # type: ignore[operator]
+    inplane = rel - np.outer(rel @ normal, normal)
+    drift = np.stack([inplane @ row_dir / col_spacing, inplane @ col_dir / row_spacing], axis=1)
+    tilted = len(order) > 1 and float(np.abs(drift).max()) > TILT_TOLERANCE_VOXELS
+    tilt_deg = 0.0
+    if tilted:
+        extent = float(pos[-1] - pos[0])
+        tilt_deg = float(np.degrees(np.arctan2(np.linalg.norm(inplane[-1]), max(extent, 1e-9))))
+        if on_tilt != "deshear":
+            raise InputRejected(
+                ReasonCode.GANTRY_TILT,
+                f"the slices are sheared: each is shifted in-plane from the last (gantry tilt "
+                f"of about {tilt_deg:.1f} degrees; {float(np.abs(drift).max()):.1f} voxels over "
+                "the series); set on_gantry_tilt: deshear in the spec to resample it onto a "
+                "rectangular grid, or convert with dcm2niix (its _Tilt output)",
+            )
 
     targets = None
     if len(order) == 1:
@@ -381,16 +592,88 @@ def _geometry(headers: list[_SliceHeader], tol: float, on_inconsistent: SpacingP
             targets = np.linspace(pos[0], pos[-1], m)
             step = (last - first) / (m - 1)
         else:
-            # The mean step vector keeps any in-plane drift (gantry tilt) in the affine.
             step = (last - first) / (len(order) - 1)
+        if tilted:
+            # De-sheared output: slices stacked straight along the normal.
+            step = normal * float(step @ normal)
 
     lps = np.eye(4)
-    lps[:3, 0] = row_dir * ref.pixel_spacing[1]  # i runs along a row: column spacing
-    lps[:3, 1] = col_dir * ref.pixel_spacing[0]  # j runs down a column: row spacing
+    lps[:3, 0] = row_dir * col_spacing  # i runs along a row: column spacing
+    lps[:3, 1] = col_dir * row_spacing  # j runs down a column: row spacing
     lps[:3, 2] = step
     lps[:3, 3] = first
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM patient space is LPS
-    return _Geometry(order=order, positions=pos, targets=targets, affine=ras)
+    return _Geometry(
+        order=order,
+        positions=pos,
+        targets=targets,
+        affine=ras,
+        drift=drift if tilted else None,
+        tilt_degrees=tilt_deg,
+    )
+
+
+def shift_slices(stack: np.ndarray, shifts: np.ndarray) -> None:
+    """Translate slice k of ``stack`` (X, Y, Z) by ``shifts[k]`` voxels, in place.
+
+    Bilinear interpolation (what dcm2niix uses to de-shear); voxels shifted in from outside
+    the field of view take the volume's minimum (air for CT). out[x] = in[x - shift].
+    """
+    from scipy.ndimage import shift as nd_shift
+
+    fill = float(stack.min()) if stack.size else 0.0
+    for k in range(stack.shape[2]):
+        sx, sy = float(shifts[k][0]), float(shifts[k][1])
+        if abs(sx) < 1e-6 and abs(sy) < 1e-6:
+            continue
+        sl = np.ascontiguousarray(stack[:, :, k])
+        stack[:, :, k] = nd_shift(sl, (sx, sy), order=1, mode="constant", cval=fill)
+
+
+def affine_shear(affine: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Shear of an affine's slice (k) axis: (per-slice shift in voxels along i, j), degrees,
+    and the k spacing along the in-plane normal. Assumes the i and j axes are orthogonal."""
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    ci, cj, ck = a[:, 0], a[:, 1], a[:, 2]
+    si, sj = float(np.linalg.norm(ci)), float(np.linalg.norm(cj))
+    ui, uj = ci / si, cj / sj
+    n = np.cross(ui, uj)
+    n /= np.linalg.norm(n)
+    along = float(ck @ n)
+    inplane = ck - along * n
+    shift = np.array([float(inplane @ ui) / si, float(inplane @ uj) / sj])
+    deg = float(np.degrees(np.arctan2(np.linalg.norm(inplane), abs(along))))
+    return shift, deg, along
+
+
+def apply_tilt_policy(vol: Volume, on_tilt: TiltPolicy) -> Volume:
+    """Reject (GANTRY_TILT) or de-shear a volume whose slice axis is not normal to its slices.
+
+    A sheared affine maps voxels to the right places, but every consumer that resamples or
+    reorients onto a rectangular grid (MONAI's Resize/Orientation, the cache, overlays)
+    silently drops the shear. De-shearing shifts slice k by k times the per-slice in-plane
+    offset (sub-voxel, bilinear) so the slice axis becomes the normal: the dcm2niix method.
+    """
+    nz = vol.array.shape[2]
+    shift, deg, along = affine_shear(vol.affine)
+    drift = float(np.abs(shift).max()) * max(nz - 1, 0)
+    if drift <= TILT_TOLERANCE_VOXELS:
+        return vol
+    if on_tilt != "deshear":
+        raise InputRejected(
+            ReasonCode.GANTRY_TILT,
+            f"the slice axis is sheared {deg:.1f} degrees from the slice normal (gantry tilt; "
+            f"{drift:.1f} voxels over the volume); set on_gantry_tilt: deshear in the spec to "
+            "resample it onto a rectangular grid, or convert with dcm2niix (its _Tilt output)",
+        )
+    array = np.array(vol.array, dtype=np.float32, order="F", copy=True)
+    shift_slices(array, np.outer(np.arange(nz), shift))
+    affine = np.array(vol.affine, dtype=np.float64, copy=True)
+    a = affine[:3, :3]
+    n = np.cross(a[:, 0], a[:, 1])
+    affine[:3, 2] = n / np.linalg.norm(n) * along
+    meta = {**vol.meta, "tilt_degrees": round(deg, 3), "desheared": True}
+    return Volume(array=array, affine=affine, meta=meta)
 
 
 # pydicom lists each missing plugin as "<plugin> - requires <packages>" (no header values).
@@ -484,6 +767,8 @@ def read_dicom_series(
     min_slices: int = 1,
     spacing_tolerance: float = 0.05,
     on_inconsistent_spacing: SpacingPolicy = "reject",
+    on_gantry_tilt: TiltPolicy = "reject",
+    max_voxels: int = MAX_VOXELS,
     workers: int = DEFAULT_DECODE_WORKERS,
 ) -> Volume:
     """Read and validate one DICOM series (a file, a folder, or a ``SeriesRef``).
@@ -493,8 +778,11 @@ def read_dicom_series(
     """
     headers = read_series_headers(source)
     _check_headers(headers, modalities, min_slices)
-    geo = _geometry(headers, spacing_tolerance, on_inconsistent_spacing)
-    rows, columns = geo.order[0].rows, geo.order[0].columns
+    rows, columns = headers[0].rows, headers[0].columns
+    check_voxel_count((columns, rows, len(headers)), max_voxels)
+    geo = _geometry(headers, spacing_tolerance, on_inconsistent_spacing, on_gantry_tilt)
+    if geo.targets is not None:
+        check_voxel_count((columns, rows, len(geo.targets)), max_voxels)
     # Fortran order keeps each slice contiguous (the layout nibabel uses too): filling a
     # C-ordered (X, Y, Z) stack slice by slice is ~10x slower (strided writes).
     stack = np.empty((columns, rows, len(geo.order)), dtype=np.float32, order="F")
@@ -512,9 +800,15 @@ def read_dicom_series(
             ReasonCode.NON_FINITE_VALUES,
             "the image holds NaN or infinite values after rescaling; check the export",
         )
+    meta: dict[str, Any] = {}
+    if geo.drift is not None:
+        # Each slice moved back by its own measured in-plane offset, so the result is right
+        # even when the offsets are not exactly linear; then slices stack along the normal.
+        shift_slices(stack, geo.drift)
+        meta = {"tilt_degrees": round(geo.tilt_degrees, 3), "desheared": True}
     if geo.targets is not None:
         stack = _resample_z(stack, geo.positions, geo.targets)
-    return Volume(array=stack, affine=geo.affine)
+    return Volume(array=stack, affine=geo.affine, meta=meta)
 
 
 def write_dicom_series(

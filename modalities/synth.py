@@ -6,9 +6,10 @@ binary findings, one per modality (a bright CT lesion, a bright MRI region, card
 wording in the note). ``label_rule`` says how they make the label: ``majority`` (the vote
 of the three, a little noise: every single modality is informative and fusion is better)
 or ``xor`` (the first two of ``modalities`` disagree: each alone is at chance, only a model
-that combines them can learn it; the interaction cohort fusion tests use). Headers and notes carry fake PHI
-(names, MRNs, dates, phone numbers) recorded in ``phi.json`` for leak ("canary") tests,
-and ``bad_inputs`` plants known-bad inputs whose expected reason codes are recorded.
+that combines them can learn it; the interaction cohort fusion tests use).
+Headers and notes carry fake PHI (names, MRNs, dates, phone numbers) recorded in
+``phi.json`` for leak ("canary") tests, and ``bad_inputs`` plants known-bad inputs whose
+expected reason codes are recorded.
 
 Output is byte-for-byte deterministic for a (seed, config): dates and UIDs derive from
 the seed, never from the clock. See docs/data.md for the layout.
@@ -670,7 +671,7 @@ def _bad_truncated_slice(case: _Case, out: Path, seed: int) -> None:
     victim = sorted(case.ct_files)[len(case.ct_files) // 2]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) - len(data) // 3])  # cut inside the pixel data
-    case.expected["ct"] = ReasonCode.PIXEL_DECODE_FAILED
+    case.expected["ct"] = ReasonCode.TRUNCATED_FILE
 
 
 def _slice_file(case: _Case, k: int) -> Path:
@@ -931,7 +932,7 @@ def make_bad_corpus(out: Path, seed: int = 0) -> pd.DataFrame:
     (out / "unreadable").mkdir(exist_ok=True)
     (out / "unreadable/mri.nii.gz").write_bytes(b"\x1f\x8b\x08\x00garbage, not a gzip stream")
 
-    row("PIXEL_DECODE_FAILED", "ct", ct="truncated")
+    row("TRUNCATED_FILE", "ct", ct="truncated")
     _, folder = series("truncated")
     victim = by_z(folder)[4]
     victim.write_bytes(victim.read_bytes()[:-200])
@@ -1016,6 +1017,47 @@ def make_bad_corpus(out: Path, seed: int = 0) -> pd.DataFrame:
     row("UNSUPPORTED_NOTE_FORMAT", "note", note="notes/visit.rtf")
     (out / "notes/visit.rtf").write_text(r"{\rtf1 " + _note_text(people[-1], False, rng) + "}",
                                          encoding="utf-8")
+
+    # geometry (issue 10)
+    row("PIXEL_DECODE_FAILED", "ct", ct="bad_rle")
+    _, folder = series("bad_rle")
+    for f in folder.iterdir():  # an RLE header announcing 15 segments, then nothing
+        ds = dcmread(f)
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.5"
+        ds.PixelData = encapsulate([(15).to_bytes(4, "little") + bytes(60)])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(f, enforce_file_format=True)
+
+    row("INVALID_SPACING", "ct", ct="zero_spacing")
+    _, folder = series("zero_spacing")
+    for f in folder.iterdir():
+        rewrite(f, PixelSpacing=["0", "0"])
+
+    row("INVALID_ORIENTATION", "ct", ct="bad_iop")
+    _, folder = series("bad_iop")
+    for f in folder.iterdir():
+        rewrite(f, ImageOrientationPatient=["2", "0", "0", "0", "2", "0"])
+
+    row("GANTRY_TILT", "ct", ct="tilt")
+    _, folder = series("tilt")
+    c20, s20 = _fmt(float(np.cos(np.radians(20)))), _fmt(float(np.sin(np.radians(20))))
+    for f in folder.iterdir():  # slices tilted 20 degrees, positions still step along z
+        rewrite(f, ImageOrientationPatient=["1", "0", "0", "0", c20, f"-{s20}"])
+
+    row("SLICE_GAP_TOO_LARGE", "ct", ct="far_gap")
+    _, folder = series("far_gap")
+    for i, f in enumerate(by_z(folder)[6:], start=6):  # two blocks of 6 slices, 100 mm apart
+        rewrite(f, ImagePositionPatient=["-12", "-12", _fmt(i * 2.5 + 100.0)])
+
+    row("VOLUME_TOO_LARGE", "ct", ct="huge")
+    _, folder = series("huge")
+    for f in folder.iterdir():  # a small compressed stream whose header claims 65535^2
+        ds = dcmread(f)
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.5"
+        ds.PixelData = encapsulate([bytes(64)])
+        ds["PixelData"].VR = "OB"
+        ds.Rows = ds.Columns = 65535
+        ds.save_as(f, enforce_file_format=True)
 
     df = pd.DataFrame(rows)
     _write_csv(df[["patient_id", "ct", "mri", "note", "label", "split"]], out / "manifest.csv")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -25,9 +26,15 @@ from torch import nn
 
 from modalities.base import CachedValue, EncoderConfig, Modality, Spec
 from modalities.dicom import (
+    COSINE_TOLERANCE,
     DEFAULT_DECODE_WORKERS,
+    MAX_VOXELS,
+    TiltPolicy,
     Volume,
+    apply_tilt_policy,
     as_source,
+    check_spacing,
+    check_voxel_count,
     quiet_dicom_logs,
     read_dicom_series,
 )
@@ -48,6 +55,10 @@ class VolumeSpec(Spec):
     min_slices: int = Field(8, ge=1)
     spacing_tolerance: float = Field(0.05, gt=0.0, lt=0.5)
     on_inconsistent_spacing: Literal["reject", "resample"] = "reject"
+    # A gantry-tilted (sheared) series is refused unless asked to de-shear it (docs/volumes.md).
+    on_gantry_tilt: Literal["reject", "deshear"] = "reject"
+    # Headers declaring more voxels than this are refused before anything is allocated.
+    max_voxels: int = Field(MAX_VOXELS, ge=1)
     dicom_modalities: tuple[str, ...] = ("CT",)
 
     @model_validator(mode="after")
@@ -67,42 +78,141 @@ def _nibabel() -> Any:
     return nibabel
 
 
-def read_nifti(path: Path | str) -> Volume:
-    """Read a 3D NIfTI file (a 4D file with one volume is accepted) into a ``Volume``."""
+def _nifti_error(exc: Exception) -> InputRejected:
+    text = str(exc)
+    if isinstance(exc, EOFError) or ("Expected" in text and "bytes" in text):
+        return InputRejected(
+            ReasonCode.TRUNCATED_FILE,
+            "the NIfTI file ends before the image data its header declares; the file was cut "
+            "short: re-send the complete file",
+        )
+    return InputRejected(
+        ReasonCode.UNREADABLE,
+        f"the NIfTI file cannot be read ({type(exc).__name__}); check that it is a "
+        "complete .nii/.nii.gz file",
+    )
+
+
+def _raw_nifti_header(path: Path, header_class: type) -> Any:
+    """The header as stored: nibabel's loader silently "fixes" pixdim 0 to 1 and -2 to 2."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as fh:
+        return header_class.from_fileobj(fh, check=False)
+
+
+def _nifti_affine(img: Any, raw: Any) -> np.ndarray:
+    """The affine nibabel would use (sform, else qform), after checking it is trustworthy.
+
+    No qform and no sform means nibabel guesses an orientation from pixdim alone: refused.
+    A qform with pixdim <= 0 or non-finite is refused (nibabel would make it 1 mm or abs()).
+    """
+    sform_code, qform_code = int(raw["sform_code"]), int(raw["qform_code"])
+    if sform_code <= 0 and qform_code <= 0:
+        raise InputRejected(
+            ReasonCode.INVALID_ORIENTATION,
+            "the NIfTI header has neither a qform nor an sform (both codes are 0), so the "
+            "image's orientation in the patient is unknown; re-convert it from DICOM (e.g. "
+            "dcm2niix) or set the qform/sform",
+        )
+    if sform_code <= 0:
+        check_spacing(np.asarray(raw["pixdim"][1:4], dtype=np.float64), "the NIfTI pixdim")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise InputRejected(
+            ReasonCode.INVALID_ORIENTATION,
+            "the NIfTI affine holds NaN or infinite values; fix the qform/sform",
+        )
+    cols = affine[:3, :3]
+    norms = np.linalg.norm(cols, axis=0)
+    check_spacing(norms, "the voxel size of the NIfTI affine")
+    units = cols / norms
+    cos = abs(float(units[:, 0] @ units[:, 1]))
+    det = abs(float(np.linalg.det(units)))
+    if cos > COSINE_TOLERANCE or det < 1e-3:
+        raise InputRejected(
+            ReasonCode.INVALID_ORIENTATION,
+            "the NIfTI affine is singular or its first two axes are not orthogonal, so the "
+            "voxels cannot be placed on a grid; fix the qform/sform",
+        )
+    return affine
+
+
+def read_nifti(
+    path: Path | str,
+    *,
+    min_slices: int = 1,
+    on_gantry_tilt: TiltPolicy = "reject",
+    max_voxels: int = MAX_VOXELS,
+) -> Volume:
+    """Read a 3D NIfTI file (a 4D/5D file with one volume is accepted) into a ``Volume``.
+
+    The header is checked before the voxels are read: dimensions, voxel count, slice count
+    (``min_slices`` along every axis), the qform/sform and a sheared slice axis (gantry tilt:
+    rejected or de-sheared by ``on_gantry_tilt``).
+    """
     nib = _nibabel()
+    path = Path(path)
     try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj, dtype=np.float32)
-        affine = np.asarray(img.affine, dtype=np.float64)
+        if path.stat().st_size == 0:
+            raise InputRejected(
+                ReasonCode.TRUNCATED_FILE, "the NIfTI file is empty (0 bytes); re-send it"
+            )
+        # nibabel logs the header "fixes" it applies (pixdim 0 -> 1); they are checked below
+        # from the raw header instead, so its log is muted for the load.
+        nib_log = logging.getLogger("nibabel.global")
+        level = nib_log.level
+        nib_log.setLevel(logging.ERROR)
+        try:
+            img = nib.load(str(path))
+        finally:
+            nib_log.setLevel(level)
+        raw = _raw_nifti_header(path, type(img.header))
     except FileNotFoundError:
         raise InputRejected(
             ReasonCode.MISSING_FILE, "file does not exist; fix the manifest entry"
         ) from None
+    except InputRejected:
+        raise
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib/gzip errors...
-        raise InputRejected(
-            ReasonCode.UNREADABLE,
-            f"the NIfTI file cannot be read ({type(exc).__name__}); check that it is a "
-            "complete .nii/.nii.gz file",
-        ) from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
+        raise _nifti_error(exc) from None
+    shape = tuple(int(n) for n in img.shape)
+    extra = shape[3:]
+    if any(n != 1 for n in extra):
         raise InputRejected(
             ReasonCode.UNSUPPORTED_FORMAT,
-            f"the NIfTI image has {data.ndim} dimensions (shape {data.shape}); only 3D volumes "
+            f"the NIfTI image has {len(shape)} dimensions (shape {shape}); only 3D volumes "
             "are supported: extract one 3D volume (e.g. fslroi) first",
         )
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+    shape3 = (*shape, 1, 1, 1)[:3]  # a 2D image is one slice
+    check_voxel_count(shape3, max_voxels)
+    if min(shape3) < min_slices:
         raise InputRejected(
-            ReasonCode.UNREADABLE,
-            "the NIfTI header has no usable voxel-to-world affine; fix the qform/sform",
+            ReasonCode.TOO_FEW_SLICES,
+            f"the NIfTI volume is {' x '.join(map(str, shape3))} voxels: fewer than "
+            f"{min_slices} slices along one axis; pick the volumetric image, or lower "
+            "min_slices in the spec",
         )
+    affine = _nifti_affine(img, raw)
+    if not path.name.lower().endswith(".gz"):
+        need = int(raw.get_data_offset()) + int(np.prod(shape)) * raw.get_data_dtype().itemsize
+        if path.stat().st_size < need:
+            raise InputRejected(
+                ReasonCode.TRUNCATED_FILE,
+                f"the NIfTI file holds {path.stat().st_size} bytes but its header declares "
+                f"{need}; the file was cut short: re-send the complete file",
+            )
+    try:
+        data = np.asanyarray(img.dataobj, dtype=np.float32).reshape(shape3, order="F")
+    except Exception as exc:
+        raise _nifti_error(exc) from None
     if not np.isfinite(data).all():
         raise InputRejected(
             ReasonCode.NON_FINITE_VALUES,
             "the image holds NaN or infinite values; fill them (e.g. with 0) before ingest",
         )
-    return Volume(array=data, affine=affine)  # Fortran order, as nibabel gives it
+    # Fortran order, as nibabel gives it
+    return apply_tilt_policy(Volume(array=data, affine=affine), on_gantry_tilt)
 
 
 def _monai() -> Any:
@@ -190,9 +300,45 @@ def preprocess_with_affine(vol: Volume, spec: VolumeSpec) -> tuple[np.ndarray, n
     return array, np.asarray(img.affine, dtype=np.float64)
 
 
-def preprocess_volume(vol: Volume, spec: VolumeSpec) -> np.ndarray:
-    """Volume -> float16 array (1, *spec.size), what the tensor cache stores."""
-    return preprocess_with_affine(vol, spec)[0]
+class GeoArray(np.ndarray):
+    """A preprocessed array that carries its geometry in ``cache_meta`` (a JSON-able dict).
+
+    ``TensorCache.put`` stores ``cache_meta`` beside the array (``<key>.meta.json``), so the
+    output affine and the source orientation survive into training and the explanation
+    overlays. It is an ndarray subclass so every other caller keeps working unchanged.
+    """
+
+    cache_meta: dict[str, Any] | None = None  # class default: unpickled copies lack it
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.cache_meta = getattr(obj, "cache_meta", None)
+
+
+def geometry_meta(vol: Volume, out_affine: np.ndarray) -> dict[str, Any]:
+    """What the cache keeps about a volume's geometry (numbers and axis codes only, no PHI).
+
+    ``affine``: voxel index of the cached (1, X, Y, Z) array -> RAS+ mm (rotation kept for
+    oblique sources); ``source_*``: the volume as read (before resampling/reorientation).
+    """
+    nib = _nibabel()
+    src = np.asarray(vol.affine, dtype=np.float64)
+    return {
+        "affine": np.asarray(out_affine, dtype=np.float64).round(6).tolist(),
+        "source_affine": src.round(6).tolist(),
+        "source_axcodes": "".join(nib.orientations.aff2axcodes(src)),
+        "source_shape": [int(n) for n in vol.array.shape],
+        "obliquity_degrees": round(float(np.degrees(nib.affines.obliquity(src)).max()), 3),
+        "tilt_degrees": float(vol.meta.get("tilt_degrees", 0.0)),
+        "desheared": bool(vol.meta.get("desheared", False)),
+    }
+
+
+def preprocess_volume(vol: Volume, spec: VolumeSpec) -> GeoArray:
+    """Volume -> float16 array (1, *spec.size), what the tensor cache stores, plus geometry."""
+    array, affine = preprocess_with_affine(vol, spec)
+    out = array.view(GeoArray)
+    out.cache_meta = geometry_meta(vol, affine)
+    return out
 
 
 def _volume_encoder_module() -> Any | None:
@@ -231,6 +377,9 @@ class VolumeModality(Modality):
     """Shared base of CT and MRI: NIfTI or DICOM in, float16 (1, X, Y, Z) out."""
 
     kind: ClassVar[str] = "volume"
+    # 2: the cache keeps each volume's affine (<key>.meta.json) and the geometry checks of
+    # issue 10 (tilt, spacing, orientation) changed what is accepted; old entries recompute.
+    version: ClassVar[int] = 2
     Spec: ClassVar[type[VolumeSpec]] = VolumeSpec  # type: ignore[assignment]
     EncoderSpec: ClassVar[type[EncoderConfig]] = _encoder_spec()
     decode_workers: ClassVar[int] = DEFAULT_DECODE_WORKERS
@@ -251,15 +400,22 @@ class VolumeModality(Modality):
     def load(self, source: Path | str | SeriesRef) -> Volume:  # type: ignore[override]
         """Read and validate a NIfTI file (by suffix) or a DICOM series."""
         src = as_source(source)
-        if isinstance(src, Path) and src.is_file() and is_nifti(src):
-            return read_nifti(src)
         s = self.spec
+        if isinstance(src, Path) and src.is_file() and is_nifti(src):
+            return read_nifti(
+                src,
+                min_slices=s.min_slices,
+                on_gantry_tilt=s.on_gantry_tilt,
+                max_voxels=s.max_voxels,
+            )
         return read_dicom_series(
             src,
             modalities=s.dicom_modalities,
             min_slices=s.min_slices,
             spacing_tolerance=s.spacing_tolerance,
             on_inconsistent_spacing=s.on_inconsistent_spacing,
+            on_gantry_tilt=s.on_gantry_tilt,
+            max_voxels=s.max_voxels,
             workers=self.decode_workers,
         )
 
@@ -277,7 +433,7 @@ class VolumeModality(Modality):
                     f"expected cached arrays of shape (1, {', '.join(map(str, self.spec.size))})"
                     "; the cache was written with another spec: re-run ingest"
                 )
-            arrays.append(it)
+            arrays.append(np.asarray(it))
         return {"x": torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))}
 
     def encoder(self) -> nn.Module:

@@ -167,8 +167,9 @@ def _log_explanations(
     test = rows[rows["split"] == "test"]
     mods = {m: cohort.mods[m] for m in res.variant.modalities}
     ds = cohort.dataset(test, res.variant.modalities)
-    samples = [s for s in (ds[i] for i in range(len(ds))) if any(m in s for m in mods)]
-    samples = samples[:N_EXPLAIN]
+    picked = [(i, s) for i, s in ((i, ds[i]) for i in range(len(ds))) if any(m in s for m in mods)]
+    picked = picked[:N_EXPLAIN]
+    samples = [s for _, s in picked]
     if not samples:
         return
     device = resolve_device("auto")
@@ -190,8 +191,13 @@ def _log_explanations(
                 if isinstance(vol, np.ndarray) and vol.ndim == 4:
                     side = round(len(w) ** (1 / 3))
                     if side**3 == len(w):
+                        # The cached volume's own affine (stored by ingest) puts the slices
+                        # in patient space: true axial views, also for oblique sources.
+                        ckey = ds.keys[name][picked[i][0]]
+                        meta = cohort.cache.get_meta(mods[name].name, ckey) if ckey else None
                         fig = plots.attention_overlay_figure(
-                            np.asarray(vol[0], np.float32), w.reshape(side, side, side)
+                            np.asarray(vol[0], np.float32), w.reshape(side, side, side),
+                            affine=(meta or {}).get("affine"),
                         )
                         tracker.log_figure(fig, f"explain/{s['patient']}_{name}_{key}.png")
                 elif name in mods and mods[name].kind == "text":

@@ -341,23 +341,68 @@ def _upsample(attention: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return up[tuple(slice(0, s) for s in shape)]
 
 
-def attention_overlay_figure(volume: Any, attention: Any, slices: int = 3) -> Figure:
-    """Axial slices of ``volume`` (D, H, W) with the attention grid (d, h, w) upsampled on top.
+# Display order of an axial view: slices from inferior to superior, rows from anterior (top)
+# to posterior, columns from patient right to left (radiological convention: the patient's
+# right on the viewer's left).
+AXIAL_DISPLAY = ("S", "P", "L")
 
-    Shows the ``slices`` axial slices that receive the most attention (in depth order), each
-    with the attention heat map (normalised to [0, 1] over the volume) at 40% opacity.
+
+def _to_axial(
+    arrays: Sequence[np.ndarray], affine: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """Reorient (permute/flip) arrays given in ``affine``'s voxel grid into axial display order.
+
+    Returns the arrays, the superior coordinate (mm) of each displayed slice's centre, and the
+    largest angle (degrees) between a voxel axis and the world axis it was matched to: an
+    oblique source is shown along its nearest axes.
+    """
+    from nibabel.affines import obliquity
+    from nibabel.orientations import (
+        apply_orientation,
+        axcodes2ornt,
+        inv_ornt_aff,
+        io_orientation,
+        ornt_transform,
+    )
+
+    aff = np.asarray(affine, dtype=float)
+    shape = arrays[0].shape
+    transform = ornt_transform(io_orientation(aff), axcodes2ornt(AXIAL_DISPLAY))
+    out = [apply_orientation(a, transform) for a in arrays]
+    new_aff = aff @ inv_ornt_aff(transform, shape)
+    centre = (np.array(out[0].shape[1:], dtype=float) - 1) / 2
+    sup = np.array([(new_aff @ np.array([k, *centre, 1.0]))[2] for k in range(out[0].shape[0])])
+    return out, sup, float(np.degrees(obliquity(aff)).max())
+
+
+def attention_overlay_figure(
+    volume: Any, attention: Any, slices: int = 3, affine: Any = None
+) -> Figure:
+    """Slices of ``volume`` with the attention grid (d, h, w) upsampled on top.
+
+    With ``affine`` (voxel -> RAS+ mm, as the tensor cache stores it with each volume) the
+    slices are true axial slices shown in radiological convention (anterior up, patient
+    right on the left) and titled with their superior coordinate, whatever the source's
+    orientation; an oblique source is noted in the title. Without it, slices are taken along
+    the first array axis as given. Shows the ``slices`` slices that receive the most
+    attention (in order), each with the heat map (normalised to [0, 1]) at 40% opacity.
     """
     vol = np.asarray(volume, dtype=float)
     att = np.asarray(attention, dtype=float)
     if vol.ndim != 3 or vol.size == 0:
         fig, axes = _figure()
-        _empty(axes[0, 0], "no volume to show (expects a non-empty (D, H, W) array)")
+        _empty(axes[0, 0], "no volume to show (expects a non-empty 3D array)")
         return fig
     if att.ndim != 3 or att.size == 0 or not np.isfinite(att).all():
         att = np.zeros((1, 1, 1))  # nothing usable: show the volume without a heat map
     up = _upsample(att, vol.shape)
     span = up.max() - up.min()
     up = (up - up.min()) / span if span > 0 else np.zeros_like(up)
+    sup: np.ndarray | None = None
+    oblique = 0.0
+    usable = affine is not None and np.isfinite(np.asarray(affine, dtype=float)).all()
+    if usable and abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])) > 1e-12:
+        (vol, up), sup, oblique = _to_axial([vol, up], np.asarray(affine, dtype=float))
     k = max(1, min(int(slices), vol.shape[0]))
     chosen = np.sort(np.argsort(-up.sum((1, 2)), kind="stable")[:k])
     fig, axes = _figure(1, k, size=(3.2 * k, 3.4))
@@ -365,8 +410,11 @@ def attention_overlay_figure(volume: Any, attention: Any, slices: int = 3) -> Fi
     for ax, z in zip(axes[0], chosen, strict=True):
         ax.imshow(vol[z], cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
         ax.imshow(up[z], cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        ax.set_title(f"slice {z}")
+        ax.set_title(f"slice {z}" if sup is None else f"axial S{sup[z]:+.0f} mm, slice {z}")
         ax.axis("off")
+    if sup is not None:
+        note = f"; source oblique by {oblique:.0f} deg" if oblique >= 1.0 else ""
+        fig.suptitle(f"radiological view: anterior up, patient right on the left{note}", fontsize=8)
     return fig
 
 

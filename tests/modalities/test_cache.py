@@ -40,3 +40,21 @@ def test_crash_mid_write_leaves_nothing(tmp_path: Path) -> None:
         atomic_write(target, boom)
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
+
+
+def test_array_metadata_stored_beside_the_array(tmp_path: Path) -> None:
+    # A volume's affine travels as ``cache_meta`` on an ndarray subclass (GeoArray).
+    from modalities.volume import GeoArray
+
+    cache = TensorCache(tmp_path)
+    arr = np.zeros((1, 2, 2, 2), np.float16).view(GeoArray)
+    arr.cache_meta = {"affine": np.diag([2.0, 2, 2, 1]).tolist(), "source_axcodes": "LPS"}
+    path = cache.put("ct", "ab" * 20, arr)
+    assert cache.get_meta("ct", "ab" * 20) == arr.cache_meta
+    assert type(cache.get("ct", "ab" * 20)) is np.ndarray  # plain array back
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        f"{'ab' * 20}.meta.json",
+        f"{'ab' * 20}.npy",
+    ]
+    cache.put("ct", "cd" * 20, np.zeros(3))  # no metadata: nothing extra written
+    assert cache.get_meta("ct", "cd" * 20) is None

@@ -67,35 +67,19 @@ def test_mr_small_read_as_ct_is_wrong_modality():
     assert "MR" in err.message  # the coded Modality helps the user; it is not PHI
 
 
-def test_ct2_uneven_gaps_rejected_by_default():
-    err = reject(CT2, modalities=["CT"], min_slices=4)
-    assert err.code is ReasonCode.INCONSISTENT_SPACING
+@pytest.mark.parametrize("policy", ["reject", "resample"])
+def test_ct2_gap_too_large_is_refused_whatever_the_policy(policy):
+    # Gaps 202.5, 1.25, 1.25 mm: resampling would invent 161 of 165 slices.
+    err = reject(CT2, modalities=["CT"], min_slices=4, on_inconsistent_spacing=policy)
+    assert err.code is ReasonCode.SLICE_GAP_TOO_LARGE
+    assert "resample" not in err.message.replace("resampling would invent", "")
+    assert "202.5 mm" in err.message
 
 
-def test_ct2_resampled_onto_uniform_grid():
-    vol = read_dicom_series(
-        CT2, modalities=["CT"], min_slices=4, on_inconsistent_spacing="resample"
-    )
-    zs = [float(dcmread(f).ImagePositionPatient[2]) for f in sorted(CT2.iterdir())]
-    lo, hi = min(zs), max(zs)
-    nz = vol.array.shape[2]
-    assert nz == round((hi - lo) / 1.25) + 1
-    # Every slice step is the same vector, and the grid spans the true first..last slice.
-    assert vol.spacing[2] == pytest.approx((hi - lo) / (nz - 1))
-    assert vol.spacing[2] == pytest.approx(1.25, rel=0.01)
-    assert vol.affine[2, 3] == pytest.approx(lo)
-    assert vol.affine[2, 3] + vol.affine[2, 2] * (nz - 1) == pytest.approx(hi)
-    # The end slices are the original ones (interpolation weight 0 or 1).
-    by_z = {float(dcmread(f).ImagePositionPatient[2]): f for f in CT2.iterdir()}
-    first = dcmread(by_z[lo])
-    np.testing.assert_allclose(vol.array[:, :, 0], first.pixel_array.T - 1024.0)
-    last = dcmread(by_z[hi])
-    np.testing.assert_allclose(vol.array[:, :, -1], last.pixel_array.T - 1024.0)
-
-
-def test_truncated_pixel_data_fails_at_decode():
+def test_truncated_pixel_data_caught_from_the_header():
+    # 8192 bytes declared, the file ends 62 bytes early: rejected before decoding.
     err = reject(pydicom_file("MR_truncated.dcm"), modalities=["MR"], min_slices=1)
-    assert err.code is ReasonCode.PIXEL_DECODE_FAILED
+    assert err.code is ReasonCode.TRUNCATED_FILE
 
 
 def test_bad_vr_is_unreadable():
@@ -302,4 +286,61 @@ def test_truncated_slice_inside_a_series(tmp_path):
     paths = write_dicom_series(tmp_path, hu_volume((16, 16, 8)), extra=PHI)
     data = paths[3].read_bytes()
     paths[3].write_bytes(data[:-100])
-    assert reject(tmp_path, min_slices=8).code is ReasonCode.PIXEL_DECODE_FAILED
+    assert reject(tmp_path, min_slices=8).code is ReasonCode.TRUNCATED_FILE
+
+
+# --- geometry sanity (issue 10) ------------------------------------------------------------
+
+
+def test_position_jitter_below_a_tenth_of_a_voxel_is_not_tilt(tmp_path):
+    paths = write_dicom_series(tmp_path, hu_volume((16, 16, 8)))
+    ds = dcmread(paths[3])
+    ds.ImagePositionPatient = [0.05, -0.04, float(ds.ImagePositionPatient[2])]
+    ds.save_as(paths[3])
+    assert read_dicom_series(tmp_path, min_slices=8).shape == (16, 16, 8)
+
+
+@pytest.mark.parametrize(
+    ("attr", "value", "code", "text"),
+    [
+        ("PixelSpacing", [0.0, 0.0], ReasonCode.INVALID_SPACING, "(0, 0) mm"),
+        ("PixelSpacing", [-0.7, 0.7], ReasonCode.INVALID_SPACING, "(-0.7, 0.7) mm"),
+        (
+            "ImageOrientationPatient",
+            [2, 0, 0, 0, 2, 0],
+            ReasonCode.INVALID_ORIENTATION,
+            "length 2 and 2",
+        ),
+        (
+            "ImageOrientationPatient",
+            [1, 0, 0, 0.5, 0.8660254, 0],
+            ReasonCode.INVALID_ORIENTATION,
+            "60.0 degrees apart",
+        ),
+        (
+            "ImageOrientationPatient",
+            [1, 0, 0, 1, 0, 0],
+            ReasonCode.INVALID_ORIENTATION,
+            "0.0 degrees apart",
+        ),
+    ],
+)
+def test_header_geometry_sanity(tmp_path, attr, value, code, text):
+    write_dicom_series(tmp_path, hu_volume((8, 8, 8)), extra={**PHI, attr: value})
+    err = reject(tmp_path, min_slices=8)
+    assert err.code is code and text in err.message
+    assert str(tmp_path) not in err.message and "IM000" not in err.message
+
+
+def test_huge_declared_matrix_rejected_before_allocation(tmp_path):
+    paths = write_dicom_series(tmp_path, hu_volume((8, 8, 8)))
+    for p in paths:
+        ds = dcmread(p)
+        ds.Rows = ds.Columns = 65535
+        ds.save_as(p)
+    err = reject(tmp_path, min_slices=8)
+    assert err.code is ReasonCode.TRUNCATED_FILE and "128 bytes" in err.message
+    assert reject(tmp_path, min_slices=8, max_voxels=10).code is ReasonCode.TRUNCATED_FILE
+    ok = tmp_path.parent / "ok"
+    write_dicom_series(ok, hu_volume((8, 8, 8)))
+    assert reject(ok, min_slices=8, max_voxels=511).code is ReasonCode.VOLUME_TOO_LARGE

@@ -210,7 +210,7 @@ def test_bad_inputs_planted_as_recorded(cohort: Path) -> None:
     assert {d.Modality for d in _series(ct["mr_as_ct"])} == {"MR"}
 
     codes = dict(zip(exp["kind"] + ":" + exp["modality"], exp["expected_code"], strict=True))
-    assert codes["truncated_slice:ct"] == ReasonCode.PIXEL_DECODE_FAILED
+    assert codes["truncated_slice:ct"] == ReasonCode.TRUNCATED_FILE
     assert codes["mr_as_ct:ct"] == ReasonCode.WRONG_MODALITY
     assert codes["outside_root:mri"] == ReasonCode.PATH_OUTSIDE_ROOT
     # Row-level problems reject every given input of the row, the duplicated good row too.

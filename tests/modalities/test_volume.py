@@ -247,3 +247,68 @@ def test_vit_encoder_gets_the_spec_size():
     mod = MRIModality({"size": (16, 16, 24)}, encoder=enc_cfg)
     tokens = mod.encoder()(**mod.collate([np.zeros((1, 16, 16, 24), np.float16)]))
     assert tokens.values.shape[:2] == (1, 2 * 2 * 3)
+
+
+# --- geometry kept with the cache entry (issue 10) -------------------------------------------
+
+
+def test_preprocess_carries_the_output_affine_and_source_orientation(tmp_path):
+    hu = np.zeros((20, 16, 10), np.float32)
+    iop = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # sagittal: i -> P, j -> I, slices -> R
+    write_dicom_series(tmp_path, hu, orientation=iop, slice_spacing=2.0)
+    mod = CTModality({"min_slices": 8, "size": (8, 8, 8), "spacing": (4, 4, 4)})
+    vol = mod.load(tmp_path)
+    out = mod.preprocess(vol)
+    _, affine = preprocess_with_affine(vol, mod.spec)
+    np.testing.assert_allclose(out.cache_meta["affine"], affine, atol=1e-6)
+    assert out.cache_meta["source_axcodes"] == "PIR"
+    assert out.cache_meta["source_shape"] == [20, 16, 10]
+    assert out.cache_meta["obliquity_degrees"] == 0.0 and not out.cache_meta["desheared"]
+    # Transparent for every other caller: shape, dtype, collate.
+    assert out.shape == (1, 8, 8, 8) and out.dtype == np.float16
+    assert mod.collate([out])["x"].shape == (1, 1, 8, 8, 8)
+
+
+def test_oblique_rotation_survives_in_the_cached_affine(tmp_path):
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    write_dicom_series(
+        tmp_path,
+        np.zeros((16, 16, 10), np.float32),
+        orientation=(1, 0, 0, 0, c, s),
+        slice_spacing=2.0,
+    )
+    mod = CTModality({"min_slices": 8, "size": (8, 8, 8), "spacing": (4, 4, 4)})
+    meta = mod.preprocess(mod.load(tmp_path)).cache_meta
+    assert meta["obliquity_degrees"] == pytest.approx(20.0, abs=0.01)
+    a = np.asarray(meta["affine"])[:3, :3]
+    units = a / np.linalg.norm(a, axis=0)
+    # Not axis-aligned: the rotation is recorded, not dropped.
+    assert np.degrees(nib.affines.obliquity(np.asarray(meta["affine"]))).max() > 19.9
+    assert np.abs(units).max(axis=0).min() < 0.95
+
+
+def test_version_bump_makes_old_cache_entries_unreachable():
+    # Version 1 cached arrays without their affine: version 2 keys differ, so a re-ingest
+    # recomputes them instead of reading them as if they had one.
+    class Old(CTModality):
+        version = 1
+
+    assert CTModality.version == 2
+    assert Old().cache_key("c0ffee") != CTModality().cache_key("c0ffee")
+
+
+def test_nifti_checks_numbers_not_paths(tmp_path):
+    img = nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), None)
+    img.header.set_qform(np.diag([2.0, 2, 2, 1]), code=1)
+    img.header.set_sform(None, code=0)
+    img.header["pixdim"][1:4] = [0.0, 2.0, -1.0]
+    path = tmp_path / "Doe_Jane_MRN4711.nii"
+    img.to_filename(str(path))
+    err = rejected(read_nifti, path)
+    assert err.code is ReasonCode.INVALID_SPACING
+    assert "(0, 2, -1) mm" in err.message and "Doe" not in err.message
+    one = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((48, 48, 1), np.float32), np.eye(4)), one)
+    assert read_nifti(one).shape == (48, 48, 1)  # min_slices defaults to 1
+    err = rejected(lambda p: read_nifti(p, min_slices=8), one)
+    assert err.code is ReasonCode.TOO_FEW_SLICES

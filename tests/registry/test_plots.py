@@ -145,3 +145,38 @@ def test_training_curves_today_and_other_tasks(tmp_path) -> None:
     assert [ax.get_title() for ax in plots.training_curves_figure(only_loss).axes] == [
         "loss (train only)"
     ]
+
+
+def test_attention_overlay_with_affine_shows_radiological_axial_slices() -> None:
+    # A RAS volume (x = R, y = A, z = S) with a marker at the right-anterior corner of slice 9
+    # and the attention on it: shown as axial slice 9, anterior at the top, patient right on
+    # the viewer's left (top-left corner), titled with its superior coordinate.
+    vol = np.zeros((8, 6, 12))
+    vol[7, 5, 9] = 5.0  # largest R and A
+    att = np.zeros((8, 6, 12))
+    att[7, 5, 9] = 1.0
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    affine[:3, 3] = [-7.0, -5.0, 10.0]
+    fig = plots.attention_overlay_figure(vol, att, slices=1, affine=affine)
+    (ax,) = fig.axes
+    assert ax.get_title() == "axial S+37 mm, slice 9"  # 10 + 9 * 3
+    shown = np.asarray(ax.images[0].get_array())
+    assert shown.shape == (6, 8)  # rows: A -> P, columns: R -> L
+    assert np.unravel_index(np.argmax(shown), shown.shape) == (0, 0)
+
+
+def test_attention_overlay_follows_a_permuted_affine() -> None:
+    # Array axis 0 runs inferior -> superior (a permuted grid): the axial slices are along it.
+    vol = np.zeros((10, 4, 5))
+    vol[2, 1, 1] = 1.0
+    att = np.zeros((10, 4, 5))
+    att[2] = 1.0
+    affine = np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [2.0, 0, 0, -4.0], [0, 0, 0, 1]])
+    fig = plots.attention_overlay_figure(vol, att, slices=1, affine=affine)
+    assert fig.axes[0].get_title().startswith("axial S+0 mm, slice 2")
+    oblique = affine.copy()
+    oblique[:3, :3] = oblique[:3, :3] @ np.array(
+        [[1, 0, 0], [0, np.cos(0.35), -np.sin(0.35)], [0, np.sin(0.35), np.cos(0.35)]]
+    )
+    fig = plots.attention_overlay_figure(vol, att, slices=1, affine=oblique)
+    assert "oblique by 20 deg" in fig.get_suptitle()
