@@ -163,10 +163,24 @@ _PERSON_VERBS = frozenset(
     admits admitted describes described ambulates ambulated walks walked takes took uses
     used reported""".split()
 )
+# Word endings of diagnoses, procedures and drug stems (USAN): capitalised drug names are
+# the commonest unknown capitalised words in notes.
+_CLINICAL_ENDINGS = tuple(
+    """itis osis emia ectomy otomy ostomy plasty scopy gram olol pril sartan statin sone olone
+    azole mycin micin cillin floxacin dipine tidine prazole mab nib parin gliptin glitazone
+    formin oxetine triptan azepam zolam barbital caine profen fenac cycline navir tinib
+    dronate lukast terol tropium semide thiazide codone morphone azepam xaban
+    gatran flozin glutide""".split()
+)
+_CRED_AT = re.compile(
+    r"(?:M\.D\.|D\.O\.|R\.N\.|MD|DO|RN|NP|PA-C|PhD|PharmD|DDS|LCSW|MBBS)(?![\w-])"
+)
+# Dictation trailers: "XGT:holmes", "GPP/church/olinger" (author initials, typist user names).
+_TRAILER = re.compile(r"(?m)^[ \t]*[A-Z]{2,4}((?:[:/][a-z][a-z0-9]{1,20}){1,3})[ \t]*$")
 _PLACEHOLDER = re.compile(r"\[[A-Z][A-Z_>]*\]")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tok:
     start: int
     end: int
@@ -190,7 +204,9 @@ def _tokens(text: str) -> list[_Tok]:
             if key.endswith(suffix):
                 key = key[:-2]
         initial = len(word) == 1
-        toks.append(_Tok(s, e, word, key, word[0].isupper(), word.isupper() and len(word) > 1, initial))
+        toks.append(
+            _Tok(s, e, word, key, word[0].isupper(), word.isupper() and len(word) > 1, initial)
+        )
     return toks
 
 
@@ -252,7 +268,7 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
                 j += 1
             guarded[i] = j < len(guard) and guard[j][0] < t.end
     for i, t in enumerate(toks):
-        if t.key in _ALWAYS_SAFE_EPONYM or t.key.endswith(("itis", "osis", "emia", "ectomy")):
+        if t.key in _ALWAYS_SAFE_EPONYM or (len(t.key) > 5 and t.key.endswith(_CLINICAL_ENDINGS)):
             guarded[i] = True
 
     is_name = [False] * len(toks)
@@ -305,17 +321,19 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
         if k is None:
             continue
         g = text[m.end() : toks[k].start]
-        if "\n" in g or len(g.strip(" \t:#-(\",")) > 0 or len(g) > 16:
+        if "\n" in g or len(g.strip(' \t:#-(",')) > 0 or len(g) > 16:
             continue
         strong = (":" in g or cue in _TITLES or cue.endswith(("by", "with", "name"))
                   or cue == "re")  # fmt: skip
         if cue in ("pt", "patient") and not strong and not toks[k].cap:
             continue  # "pt afebrile", "patient tolerated": running text, not a label
-        if cue in _WEAK_CUE and not (toks[k].cap and (lex.is_name(toks[k].key) or lex.unknown(toks[k].key))):
-            continue
+        if cue in _WEAK_CUE and not (toks[k].cap and lex.is_name(toks[k].key)):
+            continue  # "his Prednisone": only a listed name counts after a pronoun
         count = 0
         while k < len(toks) and count < 5:
             t = toks[k]
+            if count and _CRED_AT.match(text, t.start):
+                break  # "FILBERT BRIGHT, M.D.": the credential is no part of the name
             nxt = k + 1 < len(toks) and same_line(k, k + 1)
             if t.key in _CONNECTORS and count and nxt and namelike(k + 1, strong):
                 is_name[k] = True
@@ -419,7 +437,7 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
             is_name[i] = True
 
     # Initials only count next to a name.
-    spans: list[Span] = []
+    spans: list[Span] = [(m.start(), m.end(1), "NAME") for m in _TRAILER.finditer(text)]
     for i, t in enumerate(toks):
         if not is_name[i]:
             continue

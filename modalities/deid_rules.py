@@ -34,15 +34,29 @@ _DATE_WORDS = [
     # Month day(, year) -- "March 4th", "Mar. 4, 2024", "JAN 7 1997", "Mar-04-2024"
     re.compile(rf"(?<!\w){_MONTH}\.?[ \t-]?{_DAY}(?!\d)(?:(?:,[ \t]*|[ \t-]){_YEAR}(?!\d))?", I),
     # day (of) Month (year) -- "04-Mar-2024", "4 March 2024", "the 5th of May", "7th March"
-    re.compile(rf"(?<![\w/]){_DAY}(?:[ \t]+of)?[ \t-]?{_MONTH}(?!\w)\.?(?:,?[ \t-]?{_YEAR}(?!\d)|-\d\d(?!\d))?", I),
+    re.compile(
+        rf"(?<![\w/]){_DAY}(?:[ \t]+of)?[ \t-]?{_MONTH}(?!\w)\.?(?:,?[ \t-]?{_YEAR}(?!\d)|-\d\d(?!\d))?",
+        I,
+    ),
     # Month year -- "March 2024", "Nov 2022", "Mar-2024", "July of 2025"
     re.compile(rf"(?<!\w){_MONTH}\.?(?:[ \t]+of)?,?[ \t-]?{_YEAR}(?!\d)", I),
     # weekday + ordinal -- "Sunday the 14th"
     re.compile(rf"(?<!\w){_WEEKDAY},?[ \t]+(?:the[ \t]+)?{_ORD}(?!\w)", I),
 ]
 _NUM_DATE = re.compile(
-    r"(?<![\d/.:-])(?:(\d{4})([-/.])(\d{1,2})\2(\d{1,2})|(\d{1,2})([-/.])(\d{1,2})\6(\d{4}|\d{2}))"
+    r"(?<![\d/.-])(?:(\d{4})([-/.])(\d{1,2})\2(\d{1,2})|(\d{1,2})([-/.])(\d{1,2})\6(\d{4}|\d{2}))"
     r"(?![\d/]|\.\d)"
+)
+# Month and year: "3/80", "8/79", "11/2019" (the second number cannot be a day).
+_MONTH_YEAR = re.compile(r"(?<![\d/.,+:-])(0?[1-9]|1[0-2])/(\d{2}|(?:19|20)\d{2})(?![\d/]|\.\d)")
+# A month named alone is a date element too ("since November"); "May" and "March" are
+# also words, so they need a preposition in front.
+_MONTH_ALONE = re.compile(
+    r"(?<![\w-])(?:January|February|April|June|July|August|September|October|November|"
+    r"December)(?![\w-])"
+)
+_MAY_MARCH = re.compile(
+    r"\b(?:in|since|during|until|by|early|late|mid|last|next|this)[ \t]+(May|March)(?![\w-])"
 )
 _SHORT_DATE = re.compile(r"(?<![\d/.,+:-])(\d{1,2})/(\d{1,2})(?![\d/]|\.\d|\+)")
 _SHORT_DATE_CUE = re.compile(
@@ -100,7 +114,7 @@ _PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ \t.-]?\(?\d{1,5}\)?){2,5}(?![
 _PHONE_LOCAL = re.compile(r"(?<![\w.-])[2-9]\d{2}-\d{4}(?![\w-]|\.\d)")
 _PHONE_CUE = re.compile(
     r"\b(?:phone|tel|telephone|cell|mobile|fax|pager|beeper|call(?: back)?(?: at)?|"
-    r"callback|contact #?)[ \t]*[:#.]?[ \t]*(\+?[\d(][\d() .-]{5,18}\d)",
+    r"callback|contact #?)[ \t]*[:#.]?[ \t]*(\+?[\d(][\d() .-]{2,18}\d)",
     I,
 )
 _SSN = re.compile(r"(?<![\w-])\d{3}([- ])\d{2}\1\d{4}(?![\w-])")
@@ -156,7 +170,9 @@ _ADDRESS = re.compile(
     re.M,
 )
 _PO_BOX = re.compile(r"\bP\.?[ \t]?O\.?[ \t]*Box[ \t]*#?[ \t]*\d{1,7}\b", I)
-_ADDRESS_CUE = re.compile(r"\b(?:home |mailing |street |permanent )?address[ \t]*:[ \t]*([^\n]{3,200})", I)
+_ADDRESS_CUE = re.compile(
+    r"\b(?:home |mailing |street |permanent )?address[ \t]*:[ \t]*([^\n]{3,200})", I
+)
 
 _FAC_KEY = (
     r"(?:Hospitals?|Medical Cent(?:er|re)|Health Cent(?:er|re)|Health System|Healthcare|"
@@ -173,7 +189,9 @@ _FACILITY = re.compile(
     rf"(?<![\w'’.&-])(?:{_FAC_WORD}[ \t]+){{0,6}}?{_FAC_KEY}(?:[ \t]+{_FAC_KEY}){{0,2}}(?![\w-])"
     rf"(?:[ \t]+of[ \t]+{_CAPWORD}(?:[ \t]+(?:and[ \t]+)?{_CAPWORD}){{0,5}})?"
 )
-_SAINT = re.compile(r"(?<![\w.])(?:St\.?|Saint|Mount|Mt\.?)[ \t]+[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){0,2}")
+_SAINT = re.compile(
+    r"(?<![\w.])(?:St\.?|Saint|Mount|Mt\.?)[ \t]+[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){0,2}"
+)
 # Words that make a facility name generic ("Cardiology Clinic"): redacting those costs
 # precision and protects no one.
 _GENERIC = set(
@@ -205,7 +223,10 @@ _ID_CUE = re.compile(
     r"([A-Za-z0-9(][\w()/.-]{1,40}(?:[ \t]\d{4,12}\b)?)",
     I,
 )
-_TOKEN = re.compile(r"(?<![\w-])[A-Za-z0-9][\w-]*")
+# Tokens with a digit (the look-ahead scans each token once: linear).
+_TOKEN = re.compile(r"(?<![\w/-])(?=[\w/-]*\d)[A-Za-z0-9][\w/-]*")
+_NO_DIGITS = str.maketrans("", "", "0123456789")
+_DIGIT = re.compile(r"\d")
 _UNIT_AFTER = re.compile(
     r"[ \t]*(?:/(?=[a-zA-Z])|units?\b|iu\b|copies|cells|mg\b|mcg\b|ml\b|g\b|k\b|ng\b|pg\b|cfu|steps|"
     r"calories|kcal|mm\b|cm\b|ms\b|hz\b|per\b)",
@@ -228,10 +249,25 @@ def _dates(text: str) -> Iterator[Span]:
         yield (w.start() if w else start), end, cls
 
 
+_MONTH_HINT = re.compile(r"jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec", I)
+
+
 def _date_spans(text: str) -> Iterator[Span]:
-    for pat in _DATE_WORDS:
-        for m in pat.finditer(text):
+    if _MONTH_HINT.search(text):
+        for pat in _DATE_WORDS:
+            for m in pat.finditer(text):
+                yield m.start(), m.end(), "DATE"
+        for m in _MONTH_ALONE.finditer(text):
             yield m.start(), m.end(), "DATE"
+        for m in _MAY_MARCH.finditer(text):
+            yield m.start(1), m.end(1), "DATE"
+    for m in _HOLIDAY.finditer(text):
+        yield m.start(), m.end(), "DATE"
+    if _DIGIT.search(text):
+        yield from _numeric_dates(text)
+
+
+def _numeric_dates(text: str) -> Iterator[Span]:
     for m in _NUM_DATE.finditer(text):
         if m.group(1):
             y, a, b = int(m.group(1)), int(m.group(3)), int(m.group(4))
@@ -252,19 +288,33 @@ def _date_spans(text: str) -> Iterator[Span]:
         before = text[max(0, m.start() - 16) : m.start()]
         if b > 12 or _SHORT_DATE_CUE.search(before) or text.startswith(":", m.end()):
             yield m.start(), m.end(), "DATE"
+    for m in _MONTH_YEAR.finditer(text):
+        if int(m.group(2)) > 31 and not _NOT_DATE_AFTER.match(text, m.end()):
+            yield m.start(), m.end(), "DATE"
     for m in _DOB.finditer(text):
         yield m.start(1), m.end(1), "DATE"
-    for m in _HOLIDAY.finditer(text):
-        yield m.start(), m.end(), "DATE"
 
 
 def _ages(text: str) -> Iterator[Span]:
-    for pat in _AGES:
+    for pat in _AGES if _DIGIT.search(text) else _AGES[1:2]:
         for m in pat.finditer(text):
             if m.re.groups:
                 yield m.start(1), m.end(1), "AGE"
             else:
                 yield m.start(), m.end(), "AGE"
+
+
+def _contacts_text(text: str) -> Iterator[Span]:
+    """E-mail addresses and URLs, the contacts that need no digit."""
+    if "@" in text:
+        yield from ((m.start(), m.end(), "EMAIL") for m in _EMAIL.finditer(text))
+    if "." in text:
+        for pat in (_URL, _DOMAIN):
+            for m in pat.finditer(text):
+                end = m.end()
+                while end > m.start() and text[end - 1] in ".,;:)]}!?'\"":
+                    end -= 1
+                yield m.start(), end, "URL"
 
 
 def _contacts(text: str) -> Iterator[Span]:
@@ -279,7 +329,8 @@ def _contacts(text: str) -> Iterator[Span]:
                 continue
             yield m.start(), end, cls
     for m in _PHONE_CUE.finditer(text):
-        if sum(ch.isdigit() for ch in m.group(1)) >= 7:
+        short_ok = m.group().lower().startswith(("pager", "beeper"))  # 4-5 digit pagers
+        if sum(ch.isdigit() for ch in m.group(1)) >= (4 if short_ok else 7):
             yield m.start(1), m.end(1), "PHONE"
     for m in _IPV4.finditer(text):
         if all(int(g) <= 255 for g in m.groups()):
@@ -326,15 +377,15 @@ def _ids(text: str) -> Iterator[Span]:
             yield start, start + len(m.group(1).rstrip(".,;:)")), "ID"
     for m in _TOKEN.finditer(text):
         tok = m.group()
-        digits = sum(ch.isdigit() for ch in tok)
+        digits = len(tok) - len(tok.translate(_NO_DIGITS))
         if digits < 4 or _MEASURE.fullmatch(tok) or _YEAR_RANGE.fullmatch(tok):
             continue
         if tok.isdigit():
             # Bare numbers: long ones are identifiers unless a unit follows (250000 /uL).
             if digits < 6 or _UNIT_AFTER.match(text, m.end()):
                 continue
-        elif tok.replace("-", "").isdigit():
-            groups = tok.split("-")
+        elif tok.replace("-", "").replace("/", "").isdigit():
+            groups = tok.replace("/", "-").split("-")
             if not (len(groups) >= 3 and digits >= 6 or max(map(len, groups)) >= 5
                     or digits >= 8):  # fmt: skip
                 continue
@@ -346,6 +397,13 @@ def _ids(text: str) -> Iterator[Span]:
 def find_patterns(text: str) -> list[Span]:
     """All pattern-rule hits in ``text`` (overlapping; the caller merges them)."""
     spans: list[Span] = []
-    for rule in (_dates, _ages, _contacts, _places, _ids):
+    digits = _DIGIT.search(text) is not None
+    # Without a digit most rules cannot match; skipping them keeps long prose cheap.
+    rules = (
+        (_dates, _ages, _contacts, _places, _ids)
+        if digits
+        else (_dates, _ages, _contacts_text, _places)
+    )
+    for rule in rules:
         spans.extend(rule(text))
     return spans
