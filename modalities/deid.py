@@ -37,6 +37,7 @@ _CONTROL = dict.fromkeys(c for c in range(32) if chr(c) not in "\n\t")
 _SPACES = re.compile(r"[ \t]+")
 _BLANKS = re.compile(r"\n[ \t\n]*\n")
 _PLACEHOLDER_RE = re.compile(r"\[[A-Z][A-Z_>]*\]")
+_AGE_AFTER_NAME = re.compile(r"[\"')]?,?[ \t]+(9\d|1[01]\d)(?=[ \t]*(?:[,;)]|$))", re.M)
 
 
 def _clean(text: str) -> str:
@@ -73,6 +74,12 @@ def find_phi(text: str) -> list[Span]:
     """PHI spans ``(start, end, class)`` in ``text`` (after :func:`_clean`), merged."""
     placeholders = [(m.start(), m.end()) for m in _PLACEHOLDER_RE.finditer(text)]
     spans = find_patterns(text) + find_names(text, placeholders)
+    # "Earl Wexler, 102, was admitted": a bare number over 89 right after a name is an age.
+    for start, end, cls in list(spans):
+        if cls == "NAME":
+            m = _AGE_AFTER_NAME.match(text, end)
+            if m:
+                spans.append((m.start(1), m.end(1), "AGE"))
     return merge_spans(spans, text)
 
 

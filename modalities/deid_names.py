@@ -273,6 +273,8 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
 
     is_name = [False] * len(toks)
 
+    title = False
+
     def namelike(i: int, strong: bool) -> bool:
         """Could token i be part of a name where one is expected?
 
@@ -291,7 +293,7 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
         if t.upper and len(t.text) <= 3 and not lex.strong(t.key):
             return False  # CT, MRI, HTN: acronyms, not names
         if t.cap:
-            return strong or lex.is_name(t.key) or not lex.is_common(t.key)
+            return (strong and title) or lex.is_name(t.key) or not lex.is_common(t.key)
         return lex.strong(t.key) or lex.unknown(t.key)
 
     def _lower_tail(i: int) -> bool:
@@ -323,11 +325,14 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
         g = text[m.end() : toks[k].start]
         if "\n" in g or len(g.strip(' \t:#-(",')) > 0 or len(g) > 16:
             continue
+        # After a title or a name label any capitalised word is taken ("Dr. Will Hope");
+        # after other labels ("To: Infectious Disease") only name-looking ones.
+        title = cue in _TITLES or cue.endswith("name")
         strong = (":" in g or cue in _TITLES or cue.endswith(("by", "with", "name"))
                   or cue == "re")  # fmt: skip
         if cue in ("pt", "patient") and not strong and not toks[k].cap:
             continue  # "pt afebrile", "patient tolerated": running text, not a label
-        if cue in _WEAK_CUE and not (toks[k].cap and lex.is_name(toks[k].key)):
+        if cue in _WEAK_CUE and not strong and not (toks[k].cap and lex.is_name(toks[k].key)):
             continue  # "his Prednisone": only a listed name counts after a pronoun
         count = 0
         while k < len(toks) and count < 5:
@@ -375,7 +380,8 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
     for i in range(n - 1):
         a, b = toks[i], toks[i + 1]
         if (a.cap and b.cap and not guarded[i] and not guarded[i + 1]
-                and lex.is_name(a.key) and lex.is_name(b.key) and same_line(i, i + 1, False)
+                and lex.is_name(a.key) and (lex.is_name(b.key) or not lex.is_common(b.key))
+                and b.key not in SAFE and same_line(i, i + 1, False)
                 and not a.upper and not b.upper):  # fmt: skip
             is_name[i] = is_name[i + 1] = True
     # "Last, First" opening a line.
@@ -418,7 +424,7 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
                         continue
                 ok = (
                     (t.initial and t.cap)
-                    or (t.cap and not t.upper and (lex.is_name(t.key) or lex.unknown(t.key)))
+                    or (t.cap and not t.upper and (lex.is_name(t.key) or not lex.is_common(t.key)))
                     or (t.key in _CONNECTORS and j + 1 < n and j > 0
                         and (is_name[j + 1] or is_name[j - 1]) and toks[j + 1].cap)
                     or (t.upper and (len(t.text) > 3 or lex.strong(t.key))

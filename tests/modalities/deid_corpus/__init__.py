@@ -62,9 +62,9 @@ def parse(marked: str) -> Note:
     return note
 
 
-def heldout() -> list[Note]:
-    """The hand-written held-out notes (separated by lines of ``=====``)."""
-    raw = (HERE / "heldout.txt").read_text(encoding="utf-8")
+def heldout(name: str = "heldout") -> list[Note]:
+    """Hand-written notes (``heldout`` or ``heldout_b``), separated by lines of ``=====``."""
+    raw = (HERE / f"{name}.txt").read_text(encoding="utf-8")
     return [parse(part.strip("\n")) for part in re.split(r"^=====+$", raw, flags=re.M)
             if part.strip()]  # fmt: skip
 
@@ -84,7 +84,6 @@ def kept_mask(text: str, output: str) -> list[bool]:
     collapsed (de-identifiers may normalize spacing).
     """
     out = _PLACEHOLDER.sub(_GONE, output)
-    src = re.sub(r"\s+", " ", text)  # same length per run? no: map indexes below
     index = []  # src position -> text position
     for m in re.finditer(r"\s+|\S", text):
         index.append(m.start())
