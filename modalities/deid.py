@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from modalities.deid_names import find_names
 from modalities.deid_rules import Span, find_patterns
+from modalities.errors import UnknownNameError
 
 PLACEHOLDER = {
     "NAME": "[NAME]", "DATE": "[DATE]", "AGE": "[AGE]", "ADDRESS": "[ADDRESS]",
@@ -30,7 +31,7 @@ PLACEHOLDER = {
 }  # fmt: skip
 # When spans overlap, the merged span takes the class that reads best in the output.
 _PRIORITY = ["EMAIL", "URL", "IP", "SSN", "PHONE", "DATE", "AGE", "ID", "ADDRESS", "ZIP",
-             "FACILITY", "CITY", "NAME"]  # fmt: skip
+             "FACILITY", "NAME", "CITY"]  # fmt: skip
 _RANK = {c: i for i, c in enumerate(_PRIORITY)}
 
 _CONTROL = dict.fromkeys(c for c in range(32) if chr(c) not in "\n\t")
@@ -54,6 +55,11 @@ def normalize_text(text: str) -> str:
 
 def merge_spans(spans: list[Span], text: str) -> list[Span]:
     """Union of overlapping spans; neighbours of one class joined across spaces/commas."""
+    # Twice: a merge can change a span's class, which can make it join its left neighbour.
+    return _merge(_merge(spans, text), text)
+
+
+def _merge(spans: list[Span], text: str) -> list[Span]:
     out: list[Span] = []
     for start, end, cls in sorted(spans):
         if start >= end:
@@ -113,7 +119,5 @@ def deidentify(text: str, backend: str = "rules") -> str:
     try:
         fn = _BACKENDS[backend]
     except KeyError:
-        raise ValueError(
-            f"unknown de-identification backend {backend!r}; choose one of {backends()}"
-        ) from None
+        raise UnknownNameError("de-identification backend", backend, backends()) from None
     return normalize_text(fn(text))

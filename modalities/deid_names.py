@@ -268,7 +268,7 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
                 j += 1
             guarded[i] = j < len(guard) and guard[j][0] < t.end
     for i, t in enumerate(toks):
-        if t.key in _ALWAYS_SAFE_EPONYM or (len(t.key) > 5 and t.key.endswith(_CLINICAL_ENDINGS)):
+        if t.text.lower().replace("’", "'") in _ALWAYS_SAFE_EPONYM or (len(t.key) > 5 and t.key.endswith(_CLINICAL_ENDINGS)):
             guarded[i] = True
 
     is_name = [False] * len(toks)
@@ -404,34 +404,38 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
                 and same_line(i, i + 1, False)):  # fmt: skip
             is_name[i] = True
 
-    # 4. Extend: neighbours of a name that look like name parts join it.
-    changed = True
-    while changed:
-        changed = False
-        for i in range(n):
-            if not is_name[i]:
-                continue
-            for j in (i - 1, i + 1):
-                if j < 0 or j >= n or is_name[j] or guarded[j]:
-                    continue
-                lo, hi = min(i, j), max(i, j)
-                t = toks[j]
-                if not same_line(lo, hi, allow_comma=False):
-                    # "NGUYEN, ROSALIND": across a comma only a capitalised word that is
-                    # not an everyday one joins.
-                    if not (same_line(lo, hi) and t.cap and not t.initial
-                            and not lex.is_common(t.key)):  # fmt: skip
-                        continue
-                ok = (
-                    (t.initial and t.cap)
-                    or (t.cap and not t.upper and (lex.is_name(t.key) or not lex.is_common(t.key)))
-                    or (t.key in _CONNECTORS and j + 1 < n and j > 0
-                        and (is_name[j + 1] or is_name[j - 1]) and toks[j + 1].cap)
-                    or (t.upper and (len(t.text) > 3 or lex.strong(t.key))
-                        and (lex.is_name(t.key) or not lex.is_common(t.key)))
-                )  # fmt: skip
-                if ok and t.key not in SAFE:
-                    is_name[j] = changed = True
+    # 4. Extend: neighbours of a name that look like name parts join it, at most three
+    # words out from where the name was found (a worklist: linear, unlike re-scanning).
+    def joins(i: int, j: int) -> bool:
+        if j < 0 or j >= n or is_name[j] or guarded[j]:
+            return False
+        lo, hi = min(i, j), max(i, j)
+        t = toks[j]
+        if t.key in SAFE:
+            return False
+        if not same_line(lo, hi, allow_comma=False):
+            # "NGUYEN, ROSALIND": across a comma only a capitalised word that is not an
+            # everyday one joins.
+            if not (same_line(lo, hi) and t.cap and not t.initial and not lex.is_common(t.key)):
+                return False
+        return (
+            (t.initial and t.cap)
+            or (t.cap and not t.upper and (lex.is_name(t.key) or not lex.is_common(t.key)))
+            or (t.key in _CONNECTORS and 0 < j < n - 1
+                and (is_name[j + 1] or is_name[j - 1]) and toks[j + 1].cap)
+            or (t.upper and (len(t.text) > 3 or lex.strong(t.key))
+                and (lex.is_name(t.key) or not lex.is_common(t.key)))
+        )  # fmt: skip
+
+    work = [(i, 0) for i in range(n) if is_name[i]]
+    while work:
+        i, depth = work.pop()
+        if depth >= 3:
+            continue
+        for j in (i - 1, i + 1):
+            if joins(i, j):
+                is_name[j] = True
+                work.append((j, depth + 1))
 
     # 5. Propagate: a word found as a name is a name wherever else it appears.
     found = {toks[i].key for i in range(n) if is_name[i] and not toks[i].initial}

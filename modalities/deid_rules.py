@@ -70,7 +70,7 @@ _SHORT_DATE_CUE = re.compile(
     I,
 )
 _NOT_DATE_AFTER = re.compile(
-    r"[ \t]*(?:tabs?|tablets?|pills?|caps?|strength|dose|doses|inch|in\b|cups?|tsp|tbsp|"
+    r"[ \t]*(?:tabs?|tablets?|pills?|caps?|strength|dose|doses|inch|inches|cups?|tsp|tbsp|"
     r"of\b|mg|ml|units?|scale|score|mmhg|ns\b|nss\b|x\b)",
     I,
 )
