@@ -1,4 +1,8 @@
-"""Rule-based de-identification and normalization of clinical note text.
+"""Baseline for bench/deid.py: clinfuse's note de-identification before issue 9, verbatim.
+
+Kept only to measure the current rules against; nothing imports it at run time.
+
+Original docstring: rule-based de-identification and normalization of clinical note text.
 
 Removes what synthetic and typical EHR exports carry: names after cues (Patient:, Name:,
 Mr./Ms./Dr. ...), medical record numbers and other long ID-like numbers, dates in common
@@ -48,9 +52,7 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b\d{6,}\b"), "[ID]"),
 ]
 
-_CONTROL = dict.fromkeys(
-    c for c in range(32) if chr(c) not in "\n\t"
-)
+_CONTROL = dict.fromkeys(c for c in range(32) if chr(c) not in "\n\t")
 
 
 def normalize_text(text: str) -> str:

@@ -81,7 +81,7 @@ def find_phi(text: str) -> list[Span]:
     placeholders = [(m.start(), m.end()) for m in _PLACEHOLDER_RE.finditer(text)]
     spans = find_patterns(text) + find_names(text, placeholders)
     # "Earl Wexler, 102, was admitted": a bare number over 89 right after a name is an age.
-    for start, end, cls in list(spans):
+    for _, end, cls in list(spans):
         if cls == "NAME":
             m = _AGE_AFTER_NAME.match(text, end)
             if m:

@@ -23,9 +23,16 @@ from __future__ import annotations
 
 import gzip
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+
+def _split(words: str) -> list[str]:
+    """A word list written as one string (easier to read and edit than a list literal)."""
+    return words.split()
+
 
 Span = tuple[int, int, str]
 
@@ -41,7 +48,8 @@ def _words(name: str) -> frozenset[str]:
 # Clinical and note words that must never be taken for names even when a name list has them
 # (eponyms are handled as phrases below; these are words that also stand alone).
 SAFE = frozenset(
-    """
+    _split(
+        """
     patient pt pts name names doctor dr md do rn np pa nurse physician attending resident
     fellow intern surgeon provider pcp mr mrs ms miss mx prof sir madam daughter son wife
     husband mother father sister brother spouse partner friend neighbor caregiver family
@@ -75,7 +83,8 @@ SAFE = frozenset(
     covid sars influenza flu rsv mrsa vre cdiff pa-c phd pharmd lcsw licsw dds dmd lpn cna
     crna fnp aprn msw dpm rph cnm mbbs facc facp facs mph bsn msn dnp psyd lmft lpc rd otr
     dpt crnp arnp emt rrt
-    """.split()
+    """
+    )
 )
 _EPONYMS = (
     r"Parkinson|Graves|Down|Wilson|Crohn|Hodgkin|Alzheimer|Cushing|Addison|Bell|Hashimoto|"
@@ -108,6 +117,9 @@ _DISEASE_NOUN = (
     r"pouch|anastomosis|ligament|duct|area|nerve|space|capsule|loop|canal|point|angle|"
     r"spots|nodules|lesions|incision|blade|forceps|retractor|splint|cast|sheath|valve"
 )
+_EPONYM_KEYS = frozenset(
+    w.lower() for w in re.findall(r"[A-Za-z]+", re.sub(r"\[[^]]*\]", "", _EPONYMS))
+) | {"barre", "sjogren", "meniere", "sequard"}
 _PROTECT = re.compile(
     rf"(?<![\w'])(?:{_EPONYMS})(?:['’]s|s['’])?(?:[ \t]*[-/][ \t]*(?:{_EPONYMS})(?:['’]s)?){{0,3}}"
     rf"(?=[ \t-]+(?:{_DISEASE_NOUN})\b)",
@@ -115,8 +127,10 @@ _PROTECT = re.compile(
 )
 # Ambiguous eponym words that are names unless a disease noun follows; a few stand alone.
 _ALWAYS_SAFE_EPONYM = frozenset(
-    "parkinson's alzheimer's crohn's hashimoto's apgar mallampati glasgow doppler valsalva "
-    "holter foley coombs gram babinski romberg kussmaul".split()
+    _split(
+        "parkinson's alzheimer's crohn's hashimoto's apgar mallampati glasgow doppler "
+        "valsalva holter foley coombs gram babinski romberg kussmaul"
+    )
 )
 
 _LABEL_CUE = (
@@ -143,34 +157,35 @@ _LABEL_CUE = (
     r"pt['’]s|patient['’]s|her|his|their|and|or|&"
 )
 _CUE = re.compile(rf"(?<![\w'’-])(?:{_LABEL_CUE})(?![\w'’-])\.?", re.IGNORECASE)
-_TITLES = frozenset("mr mrs ms miss mx dr doctor prof professor".split())
+_TITLES = frozenset(_split("mr mrs ms miss mx dr doctor prof professor"))
 # Pronouns, conjunctions and family words need a name-looking word after them to count.
-_WEAK_CUE = frozenset("her his their and or & to from called".split())
+_WEAK_CUE = frozenset(_split("her his their and or & to from called"))
 _CREDENTIAL = re.compile(
     r"(?:,|[ \t])[ \t]*(?:MD|M\.D\.|DO|D\.O\.|RN|NP|PA-C|PA|PharmD|PhD|DDS|DMD|LCSW|LICSW|"
     r"LPN|CNA|CRNA|FNP|FNP-C|APRN|ANP|MSW|OD|DPM|RPh|CNM|MBBS|FACC|FACP|FACS|MPH|BSN|"
     r"MSN|DNP|PsyD|LMFT|LPC|RD|CCC-SLP|PT|OTR|DPT|CRNP|ARNP|MA|EMT|NREMT|RT|RRT)(?![\w-]|[ \t]*:)"
 )
 _CONNECTORS = frozenset(
-    "van von der den de del della di da la le du dos das bin ibn al el st. y".split()
+    _split("van von der den de del della di da la le du dos das bin ibn al el st. y")
 )
 _PERSON_VERBS = frozenset(
-    """is was has had reports reported states stated denies denied tolerated tolerates
+    _split("""is was has had reports reported states stated denies denied tolerated tolerates
     presents presented complains complained endorses endorsed returns returned agrees agreed
     declines declined refuses refused understands understood lives lived works worked came
     comes arrived says said feels felt continues remains underwent received notes noted
     called calls asked asks wants wishes prefers expressed expresses verbalized verbalizes
     admits admitted describes described ambulates ambulated walks walked takes took uses
-    used reported""".split()
+    used reported""")
 )
 # Word endings of diagnoses, procedures and drug stems (USAN): capitalised drug names are
 # the commonest unknown capitalised words in notes.
 _CLINICAL_ENDINGS = tuple(
-    """itis osis emia ectomy otomy ostomy plasty scopy gram olol pril sartan statin sone olone
+    _split("""itis osis emia ectomy otomy ostomy plasty scopy gram olol pril sartan statin sone
+    olone
     azole mycin micin cillin floxacin dipine tidine prazole mab nib parin gliptin glitazone
     formin oxetine triptan azepam zolam barbital caine profen fenac cycline navir tinib
     dronate lukast terol tropium semide thiazide codone morphone azepam xaban
-    gatran flozin glutide""".split()
+    gatran flozin glutide""")
 )
 _CRED_AT = re.compile(
     r"(?:M\.D\.|D\.O\.|R\.N\.|MD|DO|RN|NP|PA-C|PhD|PharmD|DDS|LCSW|MBBS)(?![\w-])"
@@ -191,15 +206,28 @@ class _Tok:
     initial: bool  # one letter, maybe with a dot after it
 
 
+_PARTS = re.compile(r"[-'’]")
+# Letters in any script ("José", "Müller"); a word glued to digits (SpO2, HbA1c, C2M4) is a
+# code, never a name.
+_TOKEN = re.compile(r"(?<![\w'’-])[^\W\d_](?:[^\W\d_]|['’-])*(?![\w'’-])")
+
+
+def _ascii_key(word: str) -> str:
+    """Lowercase without diacritics: the word lists are ASCII."""
+    key = word.lower()
+    if key.isascii():
+        return key
+    return "".join(c for c in unicodedata.normalize("NFKD", key) if not unicodedata.combining(c))
+
+
 def _tokens(text: str) -> list[_Tok]:
     toks = []
-    # A word glued to digits (SpO2, HbA1c, C2M4) is a code, never a name.
-    for m in re.finditer(r"(?<![\w'’-])[A-Za-z][A-Za-z'’-]*(?![\w'’-])", text):
+    for m in _TOKEN.finditer(text):
         s, e = m.start(), m.end()
         word = m.group()
         while word and word[-1] in "'’-":
             word, e = word[:-1], e - 1
-        key = word.lower()
+        key = _ascii_key(word)
         for suffix in ("'s", "’s"):
             if key.endswith(suffix):
                 key = key[:-2]
@@ -220,11 +248,20 @@ class _Lexicon:
         self.common = _words("english_words")
         self.proper = _words("english_proper")
 
+        self._name: dict[str, bool] = {}
+        self._unknown: dict[str, bool] = {}
+
     def is_name(self, key: str) -> bool:
-        if key in self.names:
-            return True
-        parts = [p for p in re.split(r"[-'’]", key) if p]
-        return len(parts) > 1 and any(p in self.names and p not in self.common for p in parts)
+        """Listed first or last name, or a hyphenated one with a listed, non-everyday part."""
+        hit = self._name.get(key)
+        if hit is None:
+            parts = [p for p in _PARTS.split(key) if p]
+            hit = key in self.names or (
+                len(parts) > 1 and any(p in self.names and p not in self.common for p in parts)
+            )
+            if len(self._name) < 200_000:  # memo: notes repeat their words
+                self._name[key] = hit
+        return hit
 
     def is_common(self, key: str) -> bool:
         return key in self.common or key in SAFE
@@ -235,10 +272,16 @@ class _Lexicon:
 
     def unknown(self, key: str) -> bool:
         """In no word list at all: names the lists lack look like this (so do drug brands)."""
-        if key in SAFE or key in self.common or key in self.proper or self.is_name(key):
-            return False
-        parts = [p for p in re.split(r"[-'’]", key) if p]
-        return not all(p in self.common or p in SAFE for p in parts)
+        hit = self._unknown.get(key)
+        if hit is None:
+            if key in SAFE or key in self.common or key in self.proper or self.is_name(key):
+                hit = False
+            else:
+                parts = [p for p in _PARTS.split(key) if p]
+                hit = not all(p in self.common or p in SAFE for p in parts)
+            if len(self._unknown) < 200_000:
+                self._unknown[key] = hit
+        return hit
 
 
 @cache
@@ -257,7 +300,11 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
     if not toks:
         return []
     guard = list(protected or [])
-    guard += [(m.start(), m.end()) for m in _PROTECT.finditer(text)]
+    for t in toks:  # only where an eponym word starts: one regex pass would cost far more
+        if t.key in _EPONYM_KEYS or _PARTS.split(t.key, maxsplit=1)[0] in _EPONYM_KEYS:
+            m = _PROTECT.match(text, t.start)
+            if m:
+                guard.append((m.start(), m.end()))
     guard += [(m.start(), m.end()) for m in _PLACEHOLDER.finditer(text)]
     guarded = [False] * len(toks)
     if guard:
@@ -268,7 +315,9 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
                 j += 1
             guarded[i] = j < len(guard) and guard[j][0] < t.end
     for i, t in enumerate(toks):
-        if t.text.lower().replace("’", "'") in _ALWAYS_SAFE_EPONYM or (len(t.key) > 5 and t.key.endswith(_CLINICAL_ENDINGS)):
+        if t.text.lower().replace("’", "'") in _ALWAYS_SAFE_EPONYM or (
+            len(t.key) > 5 and t.key.endswith(_CLINICAL_ENDINGS)
+        ):
             guarded[i] = True
 
     is_name = [False] * len(toks)
@@ -295,6 +344,10 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
         if t.cap:
             return (strong and title) or lex.is_name(t.key) or not lex.is_common(t.key)
         return lex.strong(t.key) or lex.unknown(t.key)
+
+    def _surname_like(i: int) -> bool:
+        t = toks[i]
+        return t.cap and not t.upper and (lex.is_name(t.key) or not lex.is_common(t.key))
 
     def _lower_tail(i: int) -> bool:
         t = toks[i]
@@ -340,17 +393,16 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
             if count and _CRED_AT.match(text, t.start):
                 break  # "FILBERT BRIGHT, M.D.": the credential is no part of the name
             nxt = k + 1 < len(toks) and same_line(k, k + 1)
-            if t.key in _CONNECTORS and count and nxt and namelike(k + 1, strong):
-                is_name[k] = True
-            elif namelike(k, strong):
+            if (t.key in _CONNECTORS and count and nxt and namelike(k + 1, strong)) or namelike(
+                k, strong
+            ):
                 is_name[k] = True
             elif (not t.cap and not guarded[k] and t.key not in SAFE
                   and (count or (nxt and _lower_tail(k + 1)))
                   and (lex.is_name(t.key) or not lex.is_common(t.key))):  # fmt: skip
                 is_name[k] = True  # "partner hope boateng": lowercase, with a surname after
             elif (t.cap and not t.upper and t.key not in SAFE and not guarded[k] and nxt
-                  and toks[k + 1].cap and not toks[k + 1].upper
-                  and (lex.is_name(toks[k + 1].key) or not lex.is_common(toks[k + 1].key))):  # fmt: skip
+                  and _surname_like(k + 1)):  # fmt: skip
                 is_name[k] = True  # "son Will Green": an everyday word before a surname
             else:
                 break
@@ -413,11 +465,12 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
         t = toks[j]
         if t.key in SAFE:
             return False
-        if not same_line(lo, hi, allow_comma=False):
-            # "NGUYEN, ROSALIND": across a comma only a capitalised word that is not an
-            # everyday one joins.
-            if not (same_line(lo, hi) and t.cap and not t.initial and not lex.is_common(t.key)):
-                return False
+        # "NGUYEN, ROSALIND": across a comma only a capitalised word that is not an everyday
+        # one joins.
+        if not same_line(lo, hi, allow_comma=False) and not (
+            same_line(lo, hi) and t.cap and not t.initial and not lex.is_common(t.key)
+        ):
+            return False
         return (
             (t.initial and t.cap)
             or (t.cap and not t.upper and (lex.is_name(t.key) or not lex.is_common(t.key)))

@@ -17,6 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+
+def _split(words: str) -> list[str]:
+    """A word list written as one string (easier to read and edit than a list literal)."""
+    return words.split()
+
+
 Span = tuple[int, int, str]
 
 I = re.IGNORECASE  # noqa: E741
@@ -35,7 +41,8 @@ _DATE_WORDS = [
     re.compile(rf"(?<!\w){_MONTH}\.?[ \t-]?{_DAY}(?!\d)(?:(?:,[ \t]*|[ \t-]){_YEAR}(?!\d))?", I),
     # day (of) Month (year) -- "04-Mar-2024", "4 March 2024", "the 5th of May", "7th March"
     re.compile(
-        rf"(?<![\w/]){_DAY}(?:[ \t]+of)?[ \t-]?{_MONTH}(?!\w)\.?(?:,?[ \t-]?{_YEAR}(?!\d)|-\d\d(?!\d))?",
+        rf"(?<![\w/]){_DAY}(?:[ \t]+of)?[ \t-]?{_MONTH}(?!\w)\.?"
+        rf"(?:,?[ \t-]?{_YEAR}(?!\d)|-\d\d(?!\d))?",
         I,
     ),
     # Month year -- "March 2024", "Nov 2022", "Mar-2024", "July of 2025"
@@ -128,10 +135,10 @@ _DOMAIN = re.compile(
 _IPV4 = re.compile(r"(?<![\w.])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?![\w]|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?![\w:])", I)
 
-_STATES = (
+_STATES = _split(
     "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH "
     "NJ NM NY NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY PR"
-).split()
+)
 _STATE_NAMES = (
     "Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|Delaware|Florida|Georgia|"
     "Hawaii|Idaho|Illinois|Indiana|Iowa|Kansas|Kentucky|Louisiana|Maine|Maryland|"
@@ -162,7 +169,10 @@ _SUFFIX = (
     r"Terrace|Ter|Circle|Cir|Highway|Hwy|Parkway|Pkwy|Trail|Trl|Pike|Loop|Square|Sq|Plaza|"
     r"Alley|Crescent|Row|Run|Path|Crossing|Xing|Turnpike|Expressway|Broadway)"
 )
-_UNIT = r"(?:,?[ \t]*(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Rm\.?|Room|Bldg\.?|Floor|Fl\.?|#)[ \t]*#?[ \t]*[\w-]{1,6})"
+_UNIT = (
+    r"(?:,?[ \t]*(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Rm\.?|Room|Bldg\.?|Floor|Fl\.?|#)"
+    r"[ \t]*#?[ \t]*[\w-]{1,6})"
+)
 _ADDRESS = re.compile(
     rf"(?<![\w.-])(\d{{1,6}}[A-Za-z]?[ \t]+(?:[NSEW]\.?[ \t]+|(?:North|South|East|West)[ \t]+)?"
     rf"(?:(?:[A-Z0-9][\w'.]{{0,20}}|[a-z]{{2,3}})[ \t]+){{1,4}}?{_SUFFIX}\b\.?{_UNIT}?)"
@@ -195,13 +205,15 @@ _SAINT = re.compile(
 # Words that make a facility name generic ("Cardiology Clinic"): redacting those costs
 # precision and protects no one.
 _GENERIC = set(
-    "the of and for at & a st. saint general memorial community regional university medical "
-    "health family primary care urgent women's children's cardiology oncology pain dental eye "
-    "internal medicine surgical surgery walk-in va county city state our your their this that "
-    "his her outpatient inpatient specialty diabetes heart cancer kidney sleep vein wound "
-    "endocrine neurology psychiatry pediatric pediatrics orthopedic orthopedics ent gi "
-    "dermatology rheumatology behavioral mental home nursing rehabilitation rehab hospital "
-    "hospitals clinic clinics center centre institute associates imaging".split()
+    _split(
+        "the of and for at & a st. saint general memorial community regional university medical "
+        "health family primary care urgent women's children's cardiology oncology pain dental eye "
+        "internal medicine surgical surgery walk-in va county city state our your their this that "
+        "his her outpatient inpatient specialty diabetes heart cancer kidney sleep vein wound "
+        "endocrine neurology psychiatry pediatric pediatrics orthopedic orthopedics ent gi "
+        "dermatology rheumatology behavioral mental home nursing rehabilitation rehab hospital "
+        "hospitals clinic clinics center centre institute associates imaging"
+    )
 )
 
 _ID_WORD = (
@@ -228,7 +240,8 @@ _TOKEN = re.compile(r"(?<![\w/-])(?=[\w/-]*\d)[A-Za-z0-9][\w/-]*")
 _NO_DIGITS = str.maketrans("", "", "0123456789")
 _DIGIT = re.compile(r"\d")
 _UNIT_AFTER = re.compile(
-    r"[ \t]*(?:/(?=[a-zA-Z])|units?\b|iu\b|copies|cells|mg\b|mcg\b|ml\b|g\b|k\b|ng\b|pg\b|cfu|steps|"
+    r"[ \t]*(?:/(?=[a-zA-Z])|units?\b|iu\b|copies|cells|mg\b|mcg\b|ml\b|g\b|k\b|ng\b|pg\b|"
+    r"cfu|steps|"
     r"calories|kcal|mm\b|cm\b|ms\b|hz\b|per\b)",
     I,
 )
@@ -318,8 +331,9 @@ def _contacts_text(text: str) -> Iterator[Span]:
 
 
 def _contacts(text: str) -> Iterator[Span]:
-    for pat, cls in ((_EMAIL, "EMAIL"), (_URL, "URL"), (_DOMAIN, "URL"), (_SSN, "SSN"),
-                     (_PHONE, "PHONE"), (_PHONE_INTL, "PHONE"), (_PHONE_LOCAL, "PHONE")):  # fmt: skip
+    rules = [(_EMAIL, "EMAIL"), (_URL, "URL"), (_DOMAIN, "URL"), (_SSN, "SSN"), (_PHONE, "PHONE"),
+             (_PHONE_INTL, "PHONE"), (_PHONE_LOCAL, "PHONE")]  # fmt: skip
+    for pat, cls in rules:
         for m in pat.finditer(text):
             end = m.end()
             if cls == "URL":  # a sentence's full stop or a closing bracket is not the URL's
@@ -341,6 +355,28 @@ def _contacts(text: str) -> Iterator[Span]:
             yield m.start(), m.end(), "IP"
 
 
+def _near(
+    pattern: re.Pattern[str], hint: re.Pattern[str], text: str, before: int, after: int
+) -> Iterator[re.Match[str]]:
+    """``pattern``'s matches within reach of a ``hint`` match (a cheaper regex that every
+    match must contain): rules that try several capitalised words at each word start cost
+    too much on long notes to scan whole."""
+    windows: list[list[int]] = []
+    for h in hint.finditer(text):
+        lo, hi = max(0, h.start() - before), min(len(text), h.end() + after)
+        if windows and lo <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], hi)
+        else:
+            windows.append([lo, hi])
+    for lo, hi in windows:
+        yield from pattern.finditer(text, lo, hi)
+
+
+_FAC_HINT = re.compile(_FAC_KEY)
+_STATE_HINT = re.compile(rf"(?:,[ \t]*|[ \t]){_STATE}(?![\w-])")
+_CITY_CUE_HINT = re.compile(r"\b(?:in|of|from|to)[ \t]+[A-Z]", I)
+
+
 def _places(text: str) -> Iterator[Span]:
     for m in _ADDRESS.finditer(text):
         street = m.group(1).rstrip(",")
@@ -351,15 +387,15 @@ def _places(text: str) -> Iterator[Span]:
         yield m.start(), m.end(), "ADDRESS"
     for m in _ADDRESS_CUE.finditer(text):
         yield m.start(1), m.end(1), "ADDRESS"
-    for m in _CITY_STATE.finditer(text):
+    for m in _near(_CITY_STATE, _STATE_HINT, text, 60, 20):
         yield m.start(1), m.end(1), "CITY"
         if m.group(2):
             yield m.start(2), m.end(2), "ZIP"
     for m in _ZIP_CUE.finditer(text):
         yield m.start(1), m.end(1), "ZIP"
-    for m in _CITY_CUE.finditer(text):
+    for m in _near(_CITY_CUE, _CITY_CUE_HINT, text, 80, 60):
         yield m.start(1), m.end(1), "CITY"
-    for m in _FACILITY.finditer(text):
+    for m in _near(_FACILITY, _FAC_HINT, text, 230, 200):
         words = m.group().replace("\t", " ").split()
         if any(w.lower().strip(",.") not in _GENERIC for w in words):
             yield m.start(), m.end(), "FACILITY"
@@ -386,7 +422,7 @@ def _ids(text: str) -> Iterator[Span]:
                 continue
         elif tok.replace("-", "").replace("/", "").isdigit():
             groups = tok.replace("/", "-").split("-")
-            if not (len(groups) >= 3 and digits >= 6 or max(map(len, groups)) >= 5
+            if not ((len(groups) >= 3 and digits >= 6) or max(map(len, groups)) >= 5
                     or digits >= 8):  # fmt: skip
                 continue
         elif digits < 4:

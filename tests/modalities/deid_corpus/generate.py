@@ -451,8 +451,14 @@ class _Note:
     def ip(self) -> str:
         r = self.rng
         if r.random() < 0.2:
-            return f"[[IP|fe80::{r.randint(0, 65535):x}:{r.randint(0, 65535):x}:{r.randint(0, 65535):x}]]"
-        return f"[[IP|{r.randint(10, 223)}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}]]"
+            return (
+                f"[[IP|fe80::{r.randint(0, 65535):x}:{r.randint(0, 65535):x}:"
+                f"{r.randint(0, 65535):x}]]"
+            )
+        return (
+            f"[[IP|{r.randint(10, 223)}.{r.randint(0, 255)}.{r.randint(0, 255)}."
+            f"{r.randint(1, 254)}]]"
+        )
 
     def ssn(self) -> str:
         r = self.rng
@@ -491,7 +497,8 @@ class _Note:
             f"D{r.randint(10**6, 10**7)}",
             f"RN{r.randint(10**5, 10**7)}",
             f"{r.choice('ABFM')}{r.choice('BCRT')}{r.randint(10**6, 10**7)}",
-            f"{r.randint(1, 9)}{r.choice('ABCXYZ')}{r.choice('ABCXYZ')}{r.choice('ABCXYZ')}{r.randint(100, 999)}",
+            f"{r.randint(1, 9)}{r.choice('ABCXYZ')}{r.choice('ABCXYZ')}"
+            f"{r.choice('ABCXYZ')}{r.randint(100, 999)}",
             f"{r.randint(10**9, 10**10 - 1)}",
         ]
         return f"[[LICENSE|{r.choice(forms)}]]"
@@ -636,15 +643,18 @@ def _body(n: _Note) -> list[str]:
     age = r.choice([f"{r.randint(18, 89)}-year-old", n.old_age(), n.old_age()])
     sex = r.choice(["woman", "man", "female", "male", "patient"])
     s = [
-        f"HPI: {n.name(r.choice(['f', 'fl', 'l']))} is a{'n' if age[0] in '8[' else ''} {age} {sex} with {k()} and {k()} "
+        f"HPI: {n.name(r.choice(['f', 'fl', 'l']))} is a{'n' if age[0] in '8[' else ''} {age} "
+        f"{sex} with {k()} and {k()} "
         f"who presents with worsening dyspnea since {n.date(r.choice([5, 6, 8, 9, 15]))}.",
         f"Pt is a {n.old_age()} {sex} from {n.facility()}, history of {k()}, admitted {n.date()}.",
         f"{r.choice(['Mr.', 'Ms.', 'Mrs.', 'Mr', 'Ms'])} {n.name('l')} reports {k()} and {k()}; "
         f"last seen in clinic on {n.date(r.choice([6, 9, 5, 0]))}.",
         f"Transferred from {n.facility()} on {n.date()} for {k()} management.",
-        f"pt's {r.choice(RELATIONS)} {n.other_name(r.choice(['f', 'fl']))} at bedside, can be reached at {n.phone()}.",
+        f"pt's {r.choice(RELATIONS)} {n.other_name(r.choice(['f', 'fl']))} at bedside, "
+        f"can be reached at {n.phone()}.",
         f"Her {r.choice(RELATIONS)}, {n.other_name('fl')}, is health care proxy ({n.phone()}).",
-        f"Discussed plan with {r.choice(RELATIONS)} {n.other_name(r.choice(['f', 'low', 'fl']))} by phone.",
+        f"Discussed plan with {r.choice(RELATIONS)} "
+        f"{n.other_name(r.choice(['f', 'low', 'fl']))} by phone.",
         f"Exam: {k()}, {k()}, {k()}. Neuro: {k()}.",
         f"Labs {n.date(r.choice([9, 5, 6, 0, 1]))}: {k()}, {k()}, {k()}.",
         f"Imaging at {n.facility()} ({n.date()}) showed degenerative change at {{{{L4-L5}}}}.",
@@ -702,6 +712,6 @@ def generate(n: int, seed: int = 7) -> list[str]:
     notes = []
     for _ in range(n):
         note = _Note(rng)
-        parts = _header(note) + [""] + _body(note) + [""] + _footer(note)
+        parts = [*_header(note), "", *_body(note), "", *_footer(note)]
         notes.append("\n".join(parts))
     return notes
