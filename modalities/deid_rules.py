@@ -194,7 +194,7 @@ _FAC_KEY = (
     r"Church|Correctional Facility|Prison|Jail|Shelter|Medical Associates|Physicians|"
     r"Specialists|Cancer Center|Heart Center|Children's|Memorial|Sanatorium|Asylum|Facility)"
 )
-_FAC_WORD = r"(?:[A-Z][\w'’.&-]{0,30}|St\.|of|and|the|&|for|de)"
+_FAC_WORD = r"(?:[A-Z][\w'’&-]{0,30}|St\.|Mt\.|Ft\.|of|and|the|&|for|de)"
 _FACILITY = re.compile(
     rf"(?<![\w'’.&-])(?:{_FAC_WORD}[ \t]+){{0,6}}?{_FAC_KEY}(?:[ \t]+{_FAC_KEY}){{0,2}}(?![\w-])"
     rf"(?:[ \t]+of[ \t]+{_CAPWORD}(?:[ \t]+(?:and[ \t]+)?{_CAPWORD}){{0,5}})?"
@@ -215,6 +215,8 @@ _GENERIC = set(
         "hospitals clinic clinics center centre institute associates imaging"
     )
 )
+# A facility word alone ("Facility:", "Pharmacy") is a label, not a name.
+_GENERIC |= set(re.findall(r"[a-z'’]+", _FAC_KEY.lower()))
 
 _ID_WORD = (
     r"MRN|MR|Med(?:ical)?[ \t]*Rec(?:ord)?s?|Acc(?:oun)?t|Accession|Encounter|Enc|Visit|CSN|"

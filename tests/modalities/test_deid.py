@@ -240,3 +240,22 @@ def test_one_megabyte_of_random_words_finishes() -> None:
     text = " ".join(rng.choice(words) for _ in range(200_000))[:1_000_000]
     out = deidentify(text)
     assert "Smith" not in out and "L4-L5" in out
+
+
+def test_synth_notes_lose_their_phi_and_keep_their_findings() -> None:
+    """The notes ``clinfuse synth`` writes: every planted identifier goes, every sentence
+    that carries the label stays."""
+    import numpy as np
+
+    from modalities import synth
+
+    rng = np.random.default_rng(0)
+    used: set[str] = set()
+    for i in range(100):
+        person = synth._fake_person(rng, used)
+        text = synth._note_text(person, bool(i % 2), rng)
+        out = deidentify(text)
+        for phi in (person.first, person.last, person.mrn, person.phone, person.institution):
+            assert phi not in out
+        narrative = text.split("\n\n", 1)[1].splitlines()[0]
+        assert narrative.split("presenting with ", 1)[1] in out
