@@ -15,7 +15,7 @@ Eponyms followed by a disease noun (``Graves disease``, ``Down syndrome``,
 ``Wilson's disease``) are protected before any of this runs.
 
 Word lists (``deid_data/``, provenance in ``docs/deid.md``): first and last names from the
-Faker package's person providers (26 locales), English words from SCOWL (Debian
+Faker package's person providers (23 locales), English words from SCOWL (Debian
 ``wamerican``): lowercase entries are common words, capitalised ones proper nouns.
 """
 
