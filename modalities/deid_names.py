@@ -103,7 +103,10 @@ _EPONYMS = (
     r"Salmon|Binet|Rai|Duke|Bethesda|Papanicolaou|Pap|Gram|Ziehl|Neelsen|Wright|Giemsa|"
     r"Coombs|Schilling|Holter|Doppler|Valsalva|Heimlich|Kussmaul|Cheyne|Stokes|Austin|Flint|"
     r"Graham|Steell|Osler|Janeway|Roth|Argyll|Robertson|Virchow|Sister|Mary|Joseph|Krukenberg|"
-    r"Epstein|Barr|Coxsackie|Norwalk|Lassa|Ebola|Zika|Hansen|Bright|Lou|Gehrig|Tommy|John"
+    r"Epstein|Barr|Coxsackie|Norwalk|Lassa|Ebola|Zika|Hansen|Bright|Lou|Gehrig|Tommy|John|"
+    r"Kerley|Apley|Cockcroft|Gault|Friedewald|Mallory|Weiss|Boerhaave|Zenker|Meckel|Hartnup|"
+    r"Ludwig|Fournier|Bouchard|Heberden|Auspitz|Nikolsky|Koebner|Chvostek|Trousseau|Cullen|"
+    r"Turner|Grey|Kehr|Levine|Quincke|Beck|Virchow|Glisson|Treitz|Oddi|Vater|Calot|Hesselbach"
 )
 _DISEASE_NOUN = (
     r"disease|syndrome|sign|signs|palsy|lymphoma|sarcoma|esophagus|phenomenon|thyroiditis|"
@@ -115,14 +118,15 @@ _DISEASE_NOUN = (
     r"chorea|anemia|anaemia|cholangitis|esophagitis|hernia|diverticulum|dyskinesia|"
     r"tremor|type|stain|fistula|gallop|murmur|respiration|breathing|reaction|position|"
     r"pouch|anastomosis|ligament|duct|area|nerve|space|capsule|loop|canal|point|angle|"
-    r"spots|nodules|lesions|incision|blade|forceps|retractor|splint|cast|sheath|valve"
+    r"spots|nodules|lesions|incision|blade|forceps|retractor|splint|cast|sheath|valve|"
+    r"lines|class|sequence|approach|view|technique|method|equation|formula|rule|rules|tear|tears"
 )
 _EPONYM_KEYS = frozenset(
     w.lower() for w in re.findall(r"[A-Za-z]+", re.sub(r"\[[^]]*\]", "", _EPONYMS))
 ) | {"barre", "sjogren", "meniere", "sequard"}
 _PROTECT = re.compile(
     rf"(?<![\w'])(?:{_EPONYMS})(?:['’]s|s['’])?(?:[ \t]*[-/][ \t]*(?:{_EPONYMS})(?:['’]s)?){{0,3}}"
-    rf"(?=[ \t-]+(?:{_DISEASE_NOUN})\b)",
+    rf"(?=(?:[ \t]+[A-Z])?[ \t-]+(?:{_DISEASE_NOUN})\b)",
     re.IGNORECASE,
 )
 # Ambiguous eponym words that are names unless a disease noun follows; a few stand alone.

@@ -83,7 +83,7 @@ _NOT_DATE_AFTER = re.compile(
 )
 _DOB = re.compile(
     r"\b(?:DOB|D\.O\.B\.?|date of birth|birth ?date|birthday|born(?: on)?)[ \t]*[:#-]?[ \t]*"
-    r"([\w/.,-]{1,12}(?:[ \t][\w,]{1,9}){0,2})",
+    r"([A-Za-z0-9][\w/.,-]{0,11}(?:[ \t][\w,]{1,9}){0,2})",
     I,
 )
 _HOLIDAY = re.compile(
@@ -158,10 +158,14 @@ _CITY_STATE = re.compile(
     rf"(?:,?[ \t]+({_ZIP}))?(?!\d)"
 )
 _ZIP_CUE = re.compile(rf"\b(?:zip|zip ?code|postal code|zipcode)[ \t]*[:#]?[ \t]*({_ZIP})\b", I)
+# Residence and origin cues; only "lives ... in" may have a "with ..." clause between
+# ("Lives with partner Sam in Worcester"), so "male with a history of Type 2" is no place.
 _CITY_CUE = re.compile(
-    rf"\b(?:lives|living|resides|residing|resident|moved(?:[ \t]+(?:here|back))?|relocated|"
-    rf"born|home|travell?ed|trip|visiting|originally|(?:wo)?man|male|female|patient|pt|"
-    rf"native)(?:[ \t]+with[^.\n]{{1,40}}?)?[ \t]+(?:in|of|from|to)[ \t]+((?-i:{_PLACE}))",
+    rf"\b(?:(?:lives|living|resides|residing)(?:[ \t]+with[^.\n]{{1,40}}?)?[ \t]+in|"
+    rf"(?:resident|native)[ \t]+of|(?:moved(?:[ \t]+(?:here|back))?|relocated)[ \t]+(?:from|to)|"
+    rf"(?:born|home)[ \t]+in|(?:travell?ed|trip|returned)[ \t]+to|"
+    rf"(?:visiting|originally|(?:wo)?man|male|female|patient|pt|resident)[ \t]+from)"
+    rf"[ \t]+((?-i:{_PLACE}))",
     I,
 )
 _SUFFIX = (
