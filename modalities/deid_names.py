@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from modalities.deid_rules import matches_at_words
+
 
 def _split(words: str) -> list[str]:
     """A word list written as one string (easier to read and edit than a list literal)."""
@@ -160,6 +162,27 @@ _LABEL_CUE = (
     r"mr|mrs|ms|miss|mx|dr|doctor|prof|professor|sr|sister|fr|father|rev|nurse|"
     r"pt['’]s|patient['’]s|her|his|their|and|or|&"
 )
+# First words of the cues above (matched only where one of them starts a word).
+_CUE_HEADS = frozenset(
+    _split(
+        """patient pt name re caller contact emergency child client member subscriber guarantor
+        insured resident proband surgeon assistant co-surgeon cosurgeon anesthesiologist
+        attending fellow intern endoscopist consultant nurse triage rn np pa pcp primary
+        provider physician referring referred accepting prescriber pharmacist therapist
+        dietitian case social chaplain interpreter scribe author signed signature cc to from
+        attn dictated transcribed read reviewed cosigned co-signed electronically
+        authenticated verified performed ordered seen examined accompanied requested entered
+        witnessed discussed spoke talked met called care c/o hcp poa health guardian sponsor
+        employer sincerely regards mother father mom dad daughter son wife husband spouse
+        partner sister brother daughters sons sisters brothers parents children kids
+        grandchildren siblings niece nephew aunt uncle cousin grandmother grandfather
+        granddaughter grandson grandma grandpa daughter-in-law son-in-law mother-in-law
+        father-in-law sister-in-law brother-in-law stepson stepdaughter stepmother stepfather
+        fiance fiancee boyfriend girlfriend friend neighbor neighbour caregiver roommate
+        godmother godfather twin baby infant newborn mr mrs ms miss mx dr doctor prof
+        professor sr fr rev pt's patient's pt’s patient’s her his their and or"""
+    )
+) | {"fiancé", "fiancée"}
 _CUE = re.compile(rf"(?<![\w'’-])(?:{_LABEL_CUE})(?![\w'’-])\.?", re.IGNORECASE)
 _TITLES = frozenset(_split("mr mrs ms miss mx dr doctor prof professor"))
 # Pronouns, conjunctions and family words need a name-looking word after them to count.
@@ -374,7 +397,7 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
         return g in ("", ".", '"', "(", ")", '("', '")', "'") or (allow_comma and g in (",", ".,"))
 
     # 1. Cues: take the name-like words that follow on the same line.
-    for m in _CUE.finditer(text):
+    for m in matches_at_words(_CUE, text, _CUE_HEADS):
         cue = m.group().rstrip(".").lower()
         k = _first_tok_at(toks, m.end())
         if k is None:

@@ -242,6 +242,37 @@ _ID_CUE = re.compile(
     I,
 )
 # Tokens with a digit (the look-ahead scans each token once: linear).
+_WORD_START = re.compile(r"(?<![\w'’/-])[^\W\d_](?:[^\W\d_]|[/'’-])*")
+
+
+def matches_at_words(
+    pattern: re.Pattern[str], text: str, heads: frozenset[str]
+) -> Iterator[re.Match[str]]:
+    """``pattern.match`` at each word whose lowercase form is in ``heads``.
+
+    The same matches as ``pattern.finditer`` for a pattern that starts with one of those
+    words, at a fraction of the cost: a long alternation of cue words is otherwise tried
+    at every character of the note.
+    """
+    end = 0
+    for w in _WORD_START.finditer(text):
+        if w.start() >= end and w.group().lower() in heads:
+            m = pattern.match(text, w.start())
+            if m:
+                end = m.end()
+                yield m
+
+
+_ID_HEADS = frozenset(
+    _split(
+        "mrn mr med medical acct acc account accession encounter enc visit csn fin har policy "
+        "insurance beneficiary claim specimen license lic licence dl driver's drivers driver’s "
+        "plate tail vin dea npi upin certificate cert serial s/n sn device udi lot model "
+        "implant id passport medicare medicaid ein fax req requisition unit patient pt record "
+        "case lab order member subscriber group grp hosp hospital chart tax employee badge "
+        "confirmation tracking ticket reference ref health"
+    )
+)
 _TOKEN = re.compile(r"(?<![\w/-])(?=[\w/-]*\d)[A-Za-z0-9][\w/-]*")
 _NO_DIGITS = str.maketrans("", "", "0123456789")
 _DIGIT = re.compile(r"\d")
@@ -410,7 +441,7 @@ def _places(text: str) -> Iterator[Span]:
 
 
 def _ids(text: str) -> Iterator[Span]:
-    for m in _ID_CUE.finditer(text):
+    for m in matches_at_words(_ID_CUE, text, _ID_HEADS):
         value = m.group(1).rstrip(".,;:)")
         if value.startswith("(") and ")" not in value:
             value = value[1:]
