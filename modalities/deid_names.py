@@ -108,7 +108,10 @@ _EPONYMS = (
     r"Epstein|Barr|Coxsackie|Norwalk|Lassa|Ebola|Zika|Hansen|Bright|Lou|Gehrig|Tommy|John|"
     r"Kerley|Apley|Cockcroft|Gault|Friedewald|Mallory|Weiss|Boerhaave|Zenker|Meckel|Hartnup|"
     r"Ludwig|Fournier|Bouchard|Heberden|Auspitz|Nikolsky|Koebner|Chvostek|Trousseau|Cullen|"
-    r"Turner|Grey|Kehr|Levine|Quincke|Beck|Virchow|Glisson|Treitz|Oddi|Vater|Calot|Hesselbach"
+    r"Turner|Grey|Kehr|Levine|Quincke|Beck|Virchow|Glisson|Treitz|Oddi|Vater|Calot|Hesselbach|"
+    r"Wagner|Mohs|Gleason|Hunt|Hess|Fisher|Spetzler|Martin|Lown|Forrest|Rockall|Blatchford|"
+    r"Ranson|Alvarado|Centor|Wells|Geneva|Caprini|Braden|Morse|Norton|Karnofsky|Lansky|Tanner|"
+    r"Bishop|Apgar|Silverman|Ballard|Dubowitz|Denver|Bayley|Conners|Beck|Hamilton|Ishihara"
 )
 _DISEASE_NOUN = (
     r"disease|syndrome|sign|signs|palsy|lymphoma|sarcoma|esophagus|phenomenon|thyroiditis|"
@@ -127,7 +130,8 @@ _EPONYM_KEYS = frozenset(
     w.lower() for w in re.findall(r"[A-Za-z]+", re.sub(r"\[[^]]*\]", "", _EPONYMS))
 ) | {"barre", "sjogren", "meniere", "sequard"}
 _PROTECT = re.compile(
-    rf"(?<![\w'])(?:{_EPONYMS})(?:['’]s|s['’])?(?:[ \t]*[-/][ \t]*(?:{_EPONYMS})(?:['’]s)?){{0,3}}"
+    rf"(?<![\w'])(?:{_EPONYMS})(?:['’]s|s['’])?"
+    rf"(?:[ \t]*(?:[-/&]|and)[ \t]*(?:{_EPONYMS})(?:['’]s)?){{0,3}}"
     rf"(?=(?:[ \t]+[A-Z])?[ \t-]+(?:{_DISEASE_NOUN})\b)",
     re.IGNORECASE,
 )
@@ -199,10 +203,10 @@ _PERSON_VERBS = frozenset(
     _split("""is was has had reports reported states stated denies denied tolerated tolerates
     presents presented complains complained endorses endorsed returns returned agrees agreed
     declines declined refuses refused understands understood lives lived works worked came
-    comes arrived says said feels felt continues remains underwent received notes noted
+    comes arrived says said feels felt continues remains underwent received notes
     called calls asked asks wants wishes prefers expressed expresses verbalized verbalizes
     admits admitted describes described ambulates ambulated walks walked takes took uses
-    used reported""")
+    used reported seen evaluated examined brought transferred discharged followed""")
 )
 # Word endings of diagnoses, procedures and drug stems (USAN): capitalised drug names are
 # the commonest unknown capitalised words in notes.

@@ -196,7 +196,8 @@ _FAC_KEY = (
     r"Medical Group|Pharmacy|Laborator(?:y|ies)|Surgery Center|Dialysis Center|"
     r"Elementary School|Middle School|High School|School|University|College|Academy|"
     r"Church|Correctional Facility|Prison|Jail|Shelter|Medical Associates|Physicians|"
-    r"Specialists|Cancer Center|Heart Center|Children's|Memorial|Sanatorium|Asylum|Facility)"
+    r"Specialists|Cancer Center|Heart Center|Children's|Memorial|Sanatorium|Asylum|Facility|"
+    r"Centers?|Centres?)"
 )
 _FAC_WORD = r"(?:[A-Z][\w'’&-]{0,30}|St\.|Mt\.|Ft\.|of|and|the|&|for|de)"
 _FACILITY = re.compile(
@@ -216,7 +217,9 @@ _GENERIC = set(
         "his her outpatient inpatient specialty diabetes heart cancer kidney sleep vein wound "
         "endocrine neurology psychiatry pediatric pediatrics orthopedic orthopedics ent gi "
         "dermatology rheumatology behavioral mental home nursing rehabilitation rehab hospital "
-        "hospitals clinic clinics center centre institute associates imaging"
+        "hospitals clinic clinics center centre institute associates imaging emergency trauma "
+        "poison control education wellness infusion dialysis ambulatory treatment recovery "
+        "research diagnostic"
     )
 )
 # A facility word alone ("Facility:", "Pharmacy") is a label, not a name.

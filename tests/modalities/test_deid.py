@@ -107,6 +107,10 @@ CLINICAL = [
     "INR 2.3", "platelets 250,000", "EF 55%", "COVID-19", "HbA1c", "E11.9", "BRCA1",
     "67-year-old", "45 yo", "may resume", "will follow up", "Emergency Department",
     "Eliquis 5 mg", "Lasix", "APGAR 8/9", "NYHA class II", "stage IIIA", "CN II-XII",
+    "Kerley B lines", "Child-Pugh class A", "Wagner grade 2", "Gleason score 7",
+    "Hunt and Hess grade 3", "Cockcroft-Gault equation", "Mallory-Weiss tear",
+    "male with a history of Type 2 Diabetes Mellitus", "Follow up with Cardiology Clinic",
+    "Metformin 1000 mg BID", "Atorvastatin 80 mg", "Humira 40 mg", "Romberg negative",
 ]  # fmt: skip
 
 
