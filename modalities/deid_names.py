@@ -353,15 +353,13 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
 
     is_name = [False] * len(toks)
 
-    title = False
-
-    def namelike(i: int, strong: bool) -> bool:
+    def namelike(i: int, strong: bool, title: bool = False) -> bool:
         """Could token i be part of a name where one is expected?
 
-        ``strong``: after a title, a label with a colon or "signed by"; any capitalised word
-        but a safe one is taken, and so is a lowercase word no list knows ("rsingh").
-        Otherwise (after "daughter", "pt") a capitalised word must be a listed name or an
-        unknown word, so "Mother: Diabetes" stays.
+        ``strong``: after a title, a label with a colon or "signed by": a lowercase word no
+        list knows ("rsingh") is taken too. ``title``: after a title or a name label, any
+        capitalised word but a safe one is taken ("Dr. Will Hope"). Otherwise a capitalised
+        word must be a listed name or not an everyday word, so "Mother: Diabetes" stays.
         """
         t = toks[i]
         if guarded[i]:
@@ -373,7 +371,7 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
         if t.upper and len(t.text) <= 3 and not lex.strong(t.key):
             return False  # CT, MRI, HTN: acronyms, not names
         if t.cap:
-            return (strong and title) or lex.is_name(t.key) or not lex.is_common(t.key)
+            return title or lex.is_name(t.key) or not lex.is_common(t.key)
         return lex.strong(t.key) or lex.unknown(t.key)
 
     def _surname_like(i: int) -> bool:
@@ -424,9 +422,9 @@ def find_names(text: str, protected: list[tuple[int, int]] | None = None) -> lis
             if count and _CRED_AT.match(text, t.start):
                 break  # "FILBERT BRIGHT, M.D.": the credential is no part of the name
             nxt = k + 1 < len(toks) and same_line(k, k + 1)
-            if (t.key in _CONNECTORS and count and nxt and namelike(k + 1, strong)) or namelike(
-                k, strong
-            ):
+            if (
+                t.key in _CONNECTORS and count and nxt and namelike(k + 1, strong, title)
+            ) or namelike(k, strong, title):
                 is_name[k] = True
             elif (not t.cap and not guarded[k] and t.key not in SAFE
                   and (count or (nxt and _lower_tail(k + 1)))
