@@ -71,7 +71,7 @@ class NoteModality(Modality):
     """Free-text clinical notes (EHR exports) encoded by a Hugging Face text model."""
 
     kind = "text"
-    version = 2  # bumped when de-identification changes: cached notes are recomputed
+    version = 3  # bumped when de-identification changes: cached notes are recomputed
     Spec = NoteSpec
     EncoderSpec = TextEncoderConfig
 
