@@ -36,6 +36,8 @@ ENV_EXAMPLE = ROOT / ".env.example"
 INIT_DB = ROOT / "deploy" / "init-db.sh"
 AUTH_INI = ROOT / "deploy" / "mlflow-auth.ini"
 USERS_SCRIPT = ROOT / "deploy" / "mlflow_users.py"
+DASK_TLS_SCRIPT = ROOT / "deploy" / "dask_tls.py"
+DASK_TLS_DIR = "/etc/clinfuse/dask-tls"
 LOCK = ROOT / "deploy" / "requirements.lock"
 VENV_BIN = Path(sys.executable).parent
 
@@ -44,7 +46,7 @@ SECRET_KEY_RE = re.compile(r"PASSWORD|SECRET|AUTH_STRING|PSEUDONYM_KEY|PGPASSWOR
 # ${VAR}, ${VAR:-default}, ${VAR:?message}; $${...} is a literal for the container's shell.
 VAR_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 REQUIRED_RE = re.compile(r"^\$\{[A-Z0-9_]+:\?[^}]+\}$")
-ONE_SHOT = {"minio-init", "mlflow-init"}
+ONE_SHOT = {"minio-init", "mlflow-init", "tls-init"}
 UI_PORTS = {"mlflow": 5000, "prefect-server": 4200}
 
 
@@ -107,7 +109,7 @@ def test_compose_files_match_the_compose_spec(path: Path) -> None:
 def test_expected_services(services: dict[str, Any]) -> None:
     assert set(services) == {
         "postgres", "minio", "minio-init", "mlflow", "mlflow-init", "prefect-server",
-        "worker", "dask-scheduler", "dask-worker",
+        "worker", "dask-scheduler", "dask-worker", "tls-init",
     }
     assert "version" not in yaml.safe_load(COMPOSE.read_text())
 
@@ -133,7 +135,8 @@ def test_every_image_is_pinned_or_built_here(services: dict[str, Any]) -> None:
 def test_python_services_share_the_project_image(services: dict[str, Any]) -> None:
     built = {n for n, s in services.items() if "build" in s}
     assert built == {
-        "mlflow", "mlflow-init", "prefect-server", "worker", "dask-scheduler", "dask-worker"
+        "mlflow", "mlflow-init", "prefect-server", "worker", "dask-scheduler", "dask-worker",
+        "tls-init",
     }
     assert len({services[n]["image"] for n in built}) == 1
     assert len({repr(services[n]["build"]) for n in built}) == 1
@@ -206,13 +209,22 @@ def test_only_the_two_uis_are_published_on_bind_address(services: dict[str, Any]
         assert port.endswith(f":{container_port}"), port
 
 
-def test_backend_network_has_no_route_out(compose: dict[str, Any]) -> None:
+# Who may join which network: only the UIs are routed; the Dask scheduler sits alone with
+# its clients on the internal dask network; tls-init needs no network at all.
+NETWORKS = {
+    "mlflow": {"backend", "frontend"}, "prefect-server": {"backend", "frontend"},
+    "worker": {"backend", "dask"}, "dask-worker": {"backend", "dask"},
+    "dask-scheduler": {"dask"}, "tls-init": set(),
+}
+
+
+def test_networks_have_no_route_out_and_dask_is_fenced(compose: dict[str, Any]) -> None:
     assert compose["networks"]["backend"]["internal"] is True
+    assert compose["networks"]["dask"]["internal"] is True
     for name, svc in compose["services"].items():
         nets = set(svc.get("networks", []))
-        assert "backend" in nets, name
-        if name not in UI_PORTS:
-            assert nets == {"backend"}, f"{name} must not join the routed network"
+        assert nets == NETWORKS.get(name, {"backend"}), name
+    assert compose["services"]["tls-init"]["network_mode"] == "none"
 
 
 # --- health and start order ------------------------------------------------------------------
@@ -340,12 +352,120 @@ def test_dask_services_only_under_their_profile(services: dict[str, Any]) -> Non
         else:
             assert not svc.get("profiles"), name
     assert services["dask-scheduler"]["command"][0] == "scheduler"
-    assert services["dask-worker"]["command"][:2] == ["worker", "tcp://dask-scheduler:8786"]
+    assert services["dask-worker"]["command"][:2] == ["worker", "tls://dask-scheduler:8786"]
     # Dask workers run the same ingest tasks, so they see the same inputs and key.
     assert services["dask-worker"]["volumes"] == services["worker"]["volumes"]
     assert _env(services["dask-worker"])["CLINFUSE_PSEUDONYM_KEY"] == _env(
         services["worker"]
     )["CLINFUSE_PSEUDONYM_KEY"]
+
+
+def _tls_mount(svc: dict[str, Any]) -> tuple[str, bool] | None:
+    """(volume source, read_only) of the service's mount at DASK_TLS_DIR, if any."""
+    for v in svc.get("volumes", []):
+        if isinstance(v, dict) and v.get("target") == DASK_TLS_DIR:
+            return v["source"], bool(v.get("read_only"))
+        if isinstance(v, str) and v.split(":")[1] == DASK_TLS_DIR:
+            return v.split(":")[0], v.endswith(":ro")
+    return None
+
+
+def test_dask_speaks_mutual_tls_only(services: dict[str, Any]) -> None:
+    sched = services["dask-scheduler"]["command"]
+    assert sched[sched.index("--protocol") + 1] == "tls"
+    for name in ("dask-scheduler", "dask-worker", "worker"):
+        env, svc = _env(services[name]), services[name]
+        assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "true", name
+        assert env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] == f"{DASK_TLS_DIR}/ca.pem"
+        for role in ("SCHEDULER", "WORKER", "CLIENT"):
+            assert env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"].startswith(DASK_TLS_DIR)
+            assert env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"].startswith(DASK_TLS_DIR)
+        assert _tls_mount(svc) == ("dask-tls", True), f"{name} must mount the certs read-only"
+        assert svc["depends_on"].get("tls-init", {}).get("condition") == (
+            "service_completed_successfully") or name == "dask-worker"
+    # Only tls-init writes the volume, and it runs the script that ships in the image.
+    writers = [n for n, s in services.items() if (_tls_mount(s) or ("", True))[1] is False]
+    assert writers == ["tls-init"]
+    init = services["tls-init"]
+    assert init["entrypoint"] == ["python", "/opt/clinfuse/deploy/dask_tls.py"]
+    assert init["command"][0] == DASK_TLS_DIR and "10001:10001" in init["command"]
+    assert DASK_TLS_SCRIPT.exists()
+
+
+def test_dask_tls_script_writes_a_private_key_and_converges(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    out = tmp_path / "tls"
+    for expected in ("new CA", "kept"):
+        res = subprocess.run([sys.executable, str(DASK_TLS_SCRIPT), str(out)],
+                             capture_output=True, text=True, timeout=60, check=True)
+        assert expected in res.stdout
+    assert (out / "dask-key.pem").stat().st_mode & 0o077 == 0
+    ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    cert = x509.load_pem_x509_certificate((out / "dask.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert not any("PRIVATE KEY" in p.read_text() for p in out.iterdir()
+                   if p.name != "dask-key.pem")  # the CA key is never written
+
+
+@pytest.mark.slow
+def test_dask_cluster_with_compose_settings_refuses_strangers(
+    services: dict[str, Any], tmp_path: Path,
+) -> None:
+    """Scheduler and worker started with compose.yaml's commands and TLS settings (paths
+    swapped for local ones): a client with the stack's certificate computes; plain TCP and a
+    certificate from another CA are refused."""
+    from tests.servers import free_port, start_process
+
+    certs, other = tmp_path / "certs", tmp_path / "other"
+    for d in (certs, other):
+        subprocess.run([sys.executable, str(DASK_TLS_SCRIPT), str(d)], check=True,
+                       capture_output=True, timeout=60)
+    env = {k: v.replace(DASK_TLS_DIR, str(certs))
+           for k, v in _env(services["dask-scheduler"]).items()}
+    port, dash, wdash = free_port(), free_port(), free_port()
+    dask = str(VENV_BIN / "dask") if (VENV_BIN / "dask").exists() else "dask"
+    cmd = [str(c) for c in services["dask-scheduler"]["command"]]
+    cmd[cmd.index("--port") + 1] = str(port)
+    cmd[cmd.index("--dashboard-address") + 1] = f"127.0.0.1:{dash}"
+    sched = start_process([dask, *cmd, "--host", "127.0.0.1"],
+                          f"http://127.0.0.1:{dash}/health", env, tmp_path / "sched.log",
+                          timeout_s=120)
+    worker = None
+    try:
+        wcmd = [str(c) for c in services["dask-worker"]["command"]]
+        wcmd[1] = wcmd[1].replace("dask-scheduler:8786", f"127.0.0.1:{port}")
+        wcmd[wcmd.index("--dashboard-address") + 1] = f"127.0.0.1:{wdash}"
+        wcmd[wcmd.index("--memory-limit") + 1] = "1GiB"
+        worker = start_process([dask, *wcmd, "--host", "127.0.0.1"],
+                               f"http://127.0.0.1:{wdash}/health", env,
+                               tmp_path / "worker.log", timeout_s=120)
+        probe = (
+            "import sys\n"
+            "from distributed import Client\n"
+            "try:\n"
+            "    c = Client(sys.argv[1], timeout=15)\n"
+            "    print('computed', c.submit(sum, [1, 2]).result(timeout=30))\n"
+            "except Exception as e:\n"
+            "    print('refused', type(e).__name__)\n"
+        )
+
+        def client(address: str, extra: dict[str, str]) -> str:
+            full = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+            res = subprocess.run([sys.executable, "-c", probe, address], env={**full, **extra},
+                                 capture_output=True, text=True, timeout=120, check=False)
+            return res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr
+
+        assert client(f"tls://127.0.0.1:{port}", env) == "computed 3"
+        assert client(f"tcp://127.0.0.1:{port}", {}).startswith("refused")
+        foreign = {**env, **{k: v.replace(str(certs), str(other)) for k, v in env.items()
+                             if "CLIENT__" in k}}
+        assert client(f"tls://127.0.0.1:{port}", foreign).startswith("refused")
+        assert "certificate verify failed" in (tmp_path / "sched.log").read_text()
+    finally:
+        if worker is not None:
+            worker.stop()
+        sched.stop()
 
 
 # --- docker compose config (client side; skipped when the compose plugin is absent) ----------
