@@ -95,20 +95,28 @@ class Predictor:
         """Score raw inputs: one output row per input row (same index)."""
         self.to_device()
         loaded = [self._load_row(row, i) for i, (_, row) in enumerate(df.iterrows())]
-        probs = np.concatenate(
-            [
-                self.predict_samples([s for s, _ in loaded[k : k + batch_size]])
-                for k in range(0, len(loaded), batch_size)
-            ]
-        ) if loaded else np.zeros((0,))
+        probs = (
+            np.concatenate(
+                [
+                    self.predict_samples([s for s, _ in loaded[k : k + batch_size]])
+                    for k in range(0, len(loaded), batch_size)
+                ]
+            )
+            if loaded
+            else np.zeros((0,))
+        )
         return self.output_frame(
-            df.index, probs,
+            df.index,
+            probs,
             {m: [m in s for s, _ in loaded] for m in self.modalities},
             [";".join(f"{m}:{c}" for m, c in r.items()) for _, r in loaded],
         )
 
     def output_frame(
-        self, index: pd.Index, probs: np.ndarray, present: dict[str, list[bool]],
+        self,
+        index: pd.Index,
+        probs: np.ndarray,
+        present: dict[str, list[bool]],
         rejected: list[str],
     ) -> pd.DataFrame:
         """The output columns of ``predict_dataframe`` (also the MLflow signature's)."""
@@ -122,9 +130,12 @@ class Predictor:
             for k, name in enumerate(names):
                 out[f"probability_{name}"] = probs[:, k]
             out["prediction"] = (
-                probs.argmax(1) if self.task == "multiclass"
-                else [",".join(n for n, p in zip(names, r, strict=True) if p >= self.threshold)
-                      for r in probs]
+                probs.argmax(1)
+                if self.task == "multiclass"
+                else [
+                    ",".join(n for n, p in zip(names, r, strict=True) if p >= self.threshold)
+                    for r in probs
+                ]
             )
         for m in self.modalities:
             out[f"present_{m}"] = present[m]
@@ -167,7 +178,9 @@ def frozen_references(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         except PackageNotFoundError:
             continue  # not installed here: keep the weights in the model
         refs[f"encoders.{m}.model."] = {
-            "kind": "text", "model": enc.model, "package": te.DEFAULT_MODEL,
+            "kind": "text",
+            "model": enc.model,
+            "package": te.DEFAULT_MODEL,
             "version": pkg_version,
         }
     return refs
@@ -179,8 +192,7 @@ def example_io(config: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     cohort = CohortConfig.model_validate(config["cohort"])
     mods = cohort.build()
     modalities = sorted(config["modalities"])
-    row = {cohort.column(m): (EXAMPLE_NOTE if mods[m].kind == "text" else "")
-           for m in modalities}
+    row = {cohort.column(m): (EXAMPLE_NOTE if mods[m].kind == "text" else "") for m in modalities}
     inp = pd.DataFrame([row])
     shell = Predictor.__new__(Predictor)  # output_frame needs only these attributes
     shell.config, shell.task, shell.modalities = config, cohort.task, modalities

@@ -70,8 +70,13 @@ def nightly_flow(
         str(manifest), str(prepared), config, overrides, drop_dir
     )
     scored = score_flow.with_options(task_runner=task_runner(2, dask))(
-        str(prepared), str(work / "predictions"), model or cfg.serve.model, tracking_uri,
-        str(work), shards=2 if dask else 1, db_url_env=cfg.serve.db_url_env,
+        str(prepared),
+        str(work / "predictions"),
+        model or cfg.serve.model,
+        tracking_uri,
+        str(work),
+        shards=2 if dask else 1,
+        db_url_env=cfg.serve.db_url_env,
         db_url_secret=db_url_secret,
     )
     report = {
@@ -90,6 +95,10 @@ def nightly_flow(
         key="nightly-report",
         markdown="# clinfuse nightly\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in report.items()),
     )
-    logger.info("nightly: %d patients, %d inputs computed, %d scored now",
-                report["patients_indexed"], report["inputs_computed"], report["scored_now"])
+    logger.info(
+        "nightly: %d patients, %d inputs computed, %d scored now",
+        report["patients_indexed"],
+        report["inputs_computed"],
+        report["scored_now"],
+    )
     return report

@@ -79,11 +79,20 @@ def _no_retry_on_user_error(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
-@task(name="score-shard", retries=1, retry_delay_seconds=10,
-      retry_condition_fn=_no_retry_on_user_error)
+@task(
+    name="score-shard",
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=_no_retry_on_user_error,
+)
 def score_shard(
-    prepared: str, model: str, out: str, tracking_uri: str | None, batch_size: int,
-    db_url_env: str | None = DB_URL_ENV, db_url_secret: str | None = None,
+    prepared: str,
+    model: str,
+    out: str,
+    tracking_uri: str | None,
+    batch_size: int,
+    db_url_env: str | None = DB_URL_ENV,
+    db_url_secret: str | None = None,
 ) -> dict[str, Any]:
     """Score one prepared cohort (or shard view); resumable, so a retry finishes the rest."""
     from fusion.scoring import score_cohort
@@ -91,7 +100,12 @@ def score_shard(
 
     predictor, name, version = load_predictor(model, tracking_uri)
     summary = score_cohort(
-        Path(prepared), predictor, Path(out), name, version, batch_size=batch_size,
+        Path(prepared),
+        predictor,
+        Path(out),
+        name,
+        version,
+        batch_size=batch_size,
         db_url=resolve_db_url(db_url_env, db_url_secret),
         reference=predictor.config.get("reference"),
     )
@@ -140,8 +154,7 @@ def score_flow(
     db = {"db_url_env": db_url_env, "db_url_secret": db_url_secret}
     if shards > 1:
         views = make_shards(prepared, shards, str(Path(out) / "shards"))
-        futures = [score_shard.submit(v, model, out, tracking_uri, batch_size, **db)
-                   for v in views]
+        futures = [score_shard.submit(v, model, out, tracking_uri, batch_size, **db) for v in views]
         scored_now = sum(f.result()["scored_now"] for f in futures)
         # One pass over the whole cohort: scores nothing new (all shards are done), merges
         # the parts and computes the cohort-wide summary, skipped list and drift.
@@ -155,20 +168,31 @@ def score_flow(
     skipped = summary.get("skipped_by_reason", {})
     create_table_artifact(
         key="scoring-summary",
-        table=[{"model": f"{summary['model_name']} v{summary['model_version']}",
-                "eligible": summary["eligible"], "scored now": summary["scored_now"],
+        table=[
+            {
+                "model": f"{summary['model_name']} v{summary['model_version']}",
+                "eligible": summary["eligible"],
+                "scored now": summary["scored_now"],
                 "already scored": summary["already_scored"],
                 "skipped": len(summary["skipped"]),
-                "positive rate": summary["distribution"].get("positive_rate")}],
+                "positive rate": summary["distribution"].get("positive_rate"),
+            }
+        ],
         description="Batch scoring counts (pseudonymized cohort; no patient data).",
     )
     create_markdown_artifact(
         key="scoring-mlflow-run",
-        markdown=(f"Scoring run `{run_id}` in MLflow experiment `clinfuse-scoring` at "
-                  f"`{_public_uri(uri)}`.\n\nSkipped by reason: {skipped or 'none'}"),
+        markdown=(
+            f"Scoring run `{run_id}` in MLflow experiment `clinfuse-scoring` at "
+            f"`{_public_uri(uri)}`.\n\nSkipped by reason: {skipped or 'none'}"
+        ),
     )
-    logger.info("scored %d new patients (%d already scored, %d skipped)",
-                summary["scored_now"], summary["already_scored"], len(summary["skipped"]))
+    logger.info(
+        "scored %d new patients (%d already scored, %d skipped)",
+        summary["scored_now"],
+        summary["already_scored"],
+        len(summary["skipped"]),
+    )
     return summary
 
 
@@ -215,9 +239,15 @@ def check_model(model: str, tracking_uri: str | None, workdir: Path) -> tuple[st
 
 
 def run_score(
-    prepared: Path, out: Path, model: str = DEFAULT_MODEL, db_url: str | None = None,
-    workdir: Path = Path("."), batch_size: int = 64, dask_address: str | None = None,
-    shards: int | None = None, tracking_uri: str | None = None,
+    prepared: Path,
+    out: Path,
+    model: str = DEFAULT_MODEL,
+    db_url: str | None = None,
+    workdir: Path = Path("."),
+    batch_size: int = 64,
+    dask_address: str | None = None,
+    shards: int | None = None,
+    tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Run the flow; with a Dask address the shards fan out on the cluster.
 
