@@ -172,7 +172,8 @@ def flow_overhead(predictor: Any, cfg: dict[str, Any], prepared: Path,
     for label in ("cold Prefect start", "warm"):
         t0 = time.perf_counter()
         summary = score_flow(str(prepared), str(work / f"flow-{label[:4]}"),
-                             "models:/bench@champion", None, uri, str(work), 64)
+                             "models:/bench@champion", tracking_uri=uri, workdir=str(work),
+                             batch_size=64, db_url_env=None)
         out[label] = (time.perf_counter() - t0, summary["seconds"])
     return out
 

@@ -4,6 +4,11 @@ This is what an MLflow pyfunc model wraps (``build_predictor`` is the registered
 ``predict_dataframe`` takes a DataFrame of raw inputs (volume paths, note text or note
 paths), runs exactly the preprocessing ingest runs (same modality specs), and returns
 probabilities. Inputs that fail validation are scored as absent and reported by reason code.
+
+The builder carries two hooks ``registry.model_format`` reads: ``frozen_references``
+(frozen pretrained text encoders are stored by reference to their package, not copied
+into every model version) and ``example_io`` (a synthetic input example, no patient data,
+and the matching output columns for the MLflow signature).
 """
 
 from __future__ import annotations
@@ -90,13 +95,32 @@ class Predictor:
         """Score raw inputs: one output row per input row (same index)."""
         self.to_device()
         loaded = [self._load_row(row, i) for i, (_, row) in enumerate(df.iterrows())]
-        probs = np.concatenate(
-            [
-                self.predict_samples([s for s, _ in loaded[k : k + batch_size]])
-                for k in range(0, len(loaded), batch_size)
-            ]
-        ) if loaded else np.zeros((0,))
-        out = pd.DataFrame(index=df.index)
+        probs = (
+            np.concatenate(
+                [
+                    self.predict_samples([s for s, _ in loaded[k : k + batch_size]])
+                    for k in range(0, len(loaded), batch_size)
+                ]
+            )
+            if loaded
+            else np.zeros((0,))
+        )
+        return self.output_frame(
+            df.index,
+            probs,
+            {m: [m in s for s, _ in loaded] for m in self.modalities},
+            [";".join(f"{m}:{c}" for m, c in r.items()) for _, r in loaded],
+        )
+
+    def output_frame(
+        self,
+        index: pd.Index,
+        probs: np.ndarray,
+        present: dict[str, list[bool]],
+        rejected: list[str],
+    ) -> pd.DataFrame:
+        """The output columns of ``predict_dataframe`` (also the MLflow signature's)."""
+        out = pd.DataFrame(index=index)
         if self.task == "binary":
             out["probability"] = probs
             out["prediction"] = (probs >= self.threshold).astype(int)
@@ -106,16 +130,78 @@ class Predictor:
             for k, name in enumerate(names):
                 out[f"probability_{name}"] = probs[:, k]
             out["prediction"] = (
-                probs.argmax(1) if self.task == "multiclass"
-                else [",".join(n for n, p in zip(names, r, strict=True) if p >= self.threshold)
-                      for r in probs]
+                probs.argmax(1)
+                if self.task == "multiclass"
+                else [
+                    ",".join(n for n, p in zip(names, r, strict=True) if p >= self.threshold)
+                    for r in probs
+                ]
             )
         for m in self.modalities:
-            out[f"present_{m}"] = [m in s for s, _ in loaded]
-        out["rejected"] = [";".join(f"{m}:{c}" for m, c in r.items()) for _, r in loaded]
+            out[f"present_{m}"] = present[m]
+        out["rejected"] = rejected
         return out
 
 
 def build_predictor(config: dict[str, Any]) -> Predictor:
     """The pyfunc builder: a Predictor with freshly initialised weights (caller loads them)."""
     return Predictor(config)
+
+
+# Stands in for a note in the MLflow input example: synthetic, never patient text.
+EXAMPLE_NOTE = "Synthetic example note for the model signature; no patient data."
+
+
+def frozen_references(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """State-dict prefixes of frozen text encoders that a package provides, by reference.
+
+    A frozen (``trainable_layers: 0``) encoder of the packaged MiniLM, or the seeded
+    ``tiny-random`` BERT built on its config, is rebuilt identically from the installed
+    package at load time: storing its 90 MB again in every model version buys nothing.
+    The registry adds the tensors' SHA-256 and checks it at load. Fine-tuned encoders,
+    local folders and hub models keep their weights in the model.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from modalities import text_encoder as te
+
+    mods = CohortConfig.model_validate(config["cohort"]).build()
+    refs: dict[str, dict[str, Any]] = {}
+    for m in sorted(config["modalities"]):
+        enc = getattr(mods[m], "encoder_config", None)
+        if not isinstance(enc, te.TextEncoderConfig) or enc.trainable_layers != 0:
+            continue
+        if enc.model not in te._PACKAGED_ALIASES and enc.model != te.TINY_RANDOM:
+            continue
+        try:
+            pkg_version = version(te.DEFAULT_MODEL)
+        except PackageNotFoundError:
+            continue  # not installed here: keep the weights in the model
+        refs[f"encoders.{m}.model."] = {
+            "kind": "text",
+            "model": enc.model,
+            "package": te.DEFAULT_MODEL,
+            "version": pkg_version,
+        }
+    return refs
+
+
+def example_io(config: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A one-row synthetic input (a placeholder note, other inputs absent) and the output
+    frame's columns and types, without building the model (no weights are loaded)."""
+    cohort = CohortConfig.model_validate(config["cohort"])
+    mods = cohort.build()
+    modalities = sorted(config["modalities"])
+    row = {cohort.column(m): (EXAMPLE_NOTE if mods[m].kind == "text" else "") for m in modalities}
+    inp = pd.DataFrame([row])
+    shell = Predictor.__new__(Predictor)  # output_frame needs only these attributes
+    shell.config, shell.task, shell.modalities = config, cohort.task, modalities
+    shell.threshold = float(config.get("threshold") or 0.5)
+    prior = np.atleast_1d(np.asarray(config.get("prior", 0.5), dtype=np.float32))
+    probs = prior[:1] if cohort.task == "binary" else prior.reshape(1, -1)
+    out = shell.output_frame(inp.index, probs, {m: [False] for m in modalities}, [""])
+    return inp, out
+
+
+build_predictor.frozen_references = frozen_references  # type: ignore[attr-defined]
+build_predictor.example_io = example_io  # type: ignore[attr-defined]

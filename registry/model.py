@@ -1,197 +1,102 @@
-"""Models in MLflow: safetensors weights + config.json + a pyfunc that rebuilds the model.
+"""Models in MLflow: log, register, promote, and load without running stored code.
 
-Nothing is pickled. The model is logged as an MLflow "model from code": the pyfunc's code
-is a three-line file (``MODEL_CODE``) that instantiates ``ClinfusePyfunc``; the weights go in
-``weights.safetensors`` and the resolved config in ``config.json``. On load,
-``ClinfusePyfunc.load_context`` reads the config, imports the **builder** it names (only
-from the clinfuse packages), calls ``builder(config) -> Predictor`` and loads the weights
-into ``predictor.model``. ``predict`` hands the DataFrame to
-``predictor.predict_dataframe``. So ``mlflow.pyfunc.load_model("models:/NAME@champion")``
-works in any process where clinfuse is installed, and MLflow's pickle loader (disabled by
-default in MLflow 3) is never involved.
+A model is ``weights.safetensors`` + ``config.json`` (``registry.model_format``), logged as
+an MLflow pyfunc whose MLmodel names an installed module (``loader_module:
+registry.model_format``) instead of storing a code file or a pickle. Logging records the
+SHA-256 of both files as tags in the tracking database (on the LoggedModel, on the run when
+spooled, and on the model version at registration): an attacker who can only write the
+artifact store cannot make a changed file pass.
 
-The Predictor protocol (what a builder returns):
+Two ways to load:
 
-* ``model: torch.nn.Module`` - the weights in ``weights.safetensors`` are loaded into it
-  with ``load_state_dict(strict=True)``;
-* ``predict_dataframe(df: pandas.DataFrame) -> pandas.DataFrame`` - raw inputs in (paths,
-  note text, numbers), one output row per input row.
-
-``_linear_reference_builder`` is the smallest Predictor (one ``nn.Linear`` over numeric
-columns): an example, and what the tests log.
+* ``load_predictor("models:/NAME@ALIAS")`` - what ``clinfuse score`` and the nightly flow
+  use. It downloads only ``config.json`` and ``weights.safetensors`` (by name), checks
+  their hashes against the tags, and builds the model from them. It never reads MLmodel,
+  never imports or executes anything from the artifact store, and never unpickles.
+* ``load_pyfunc`` / ``mlflow.pyfunc.load_model`` - the standard MLflow route, for trusted
+  registries: MLflow reads MLmodel and follows it (an edited MLmodel can point MLflow at a
+  stored code file or a pickle). ``import registry`` sets
+  ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` unless the user set it.
 
 Aliases, not stages: a new version gets ``challenger``; ``promote`` moves ``champion`` and
-records the version it replaced as tag ``previous_champion``.
-
-mlflow is imported lazily; ``ClinfusePyfunc`` is created on first attribute access.
+records the version it replaced as tag ``previous_champion``. mlflow is imported lazily.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
-import re
 import tempfile
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from modalities.errors import ConfigError
+from registry.model_format import (  # re-exported: the public names of the model format
+    ALLOWED_BUILDER_PACKAGES,
+    CONFIG_FILE,
+    DATA_DIR,
+    FORMAT_VERSION,
+    LOADER_MODULE,
+    REFERENCE_BUILDER,
+    WEIGHTS_FILE,
+    EncoderMismatchError,
+    ModelIntegrityError,
+    Predictor,
+    _linear_reference_builder,
+    build_from_files,
+    build_predictor,
+    resolve_builder,
+    save_model_files,
+    save_weights,
+    sha256_file,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
     from mlflow.models.model import ModelInfo
-    from torch import nn
 
     from registry.tracking import Tracker
 
+__all__ = [
+    "ALLOWED_BUILDER_PACKAGES",
+    "CHALLENGER",
+    "CHAMPION",
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "HASH_TAGS",
+    "PREVIOUS_CHAMPION_TAG",
+    "REFERENCE_BUILDER",
+    "WEIGHTS_FILE",
+    "EncoderMismatchError",
+    "ModelIntegrityError",
+    "Predictor",
+    "_linear_reference_builder",
+    "build_from_files",
+    "build_predictor",
+    "current_alias_version",
+    "load_predictor",
+    "load_pyfunc",
+    "log_model",
+    "promote",
+    "register_model",
+    "resolve_builder",
+    "save_weights",
+]
+
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"
-CONFIG_FILE = "config.json"
-ALLOWED_BUILDER_PACKAGES = ("fusion", "registry", "modalities", "workflows")
 CHALLENGER, CHAMPION = "challenger", "champion"
 PREVIOUS_CHAMPION_TAG = "previous_champion"
-REFERENCE_BUILDER = "registry.model:_linear_reference_builder"
-
-# The "model from code" file MLflow stores and executes at load time. It only imports.
-MODEL_CODE = '''"""clinfuse pyfunc entry point (MLflow model from code): nothing here is pickled."""
-import mlflow
-
-from registry.model import ClinfusePyfunc
-
-mlflow.models.set_model(ClinfusePyfunc())
-'''
-
-_BUILDER_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-
-
-@runtime_checkable
-class Predictor(Protocol):
-    """What a builder returns: a module holding the weights and a DataFrame predictor."""
-
-    model: nn.Module
-
-    def predict_dataframe(self, df: pd.DataFrame) -> pd.DataFrame: ...
-
-
-def resolve_builder(spec: str) -> Callable[[dict[str, Any]], Predictor]:
-    """Import ``"package.module:function"``; only clinfuse packages are allowed.
-
-    The restriction matters because the name comes from a config file inside a model
-    artifact: loading a model must not import arbitrary code named by that file.
-    """
-    if not isinstance(spec, str) or not _BUILDER_RE.match(spec):
-        raise ConfigError(
-            f"builder {spec!r} is not of the form 'package.module:function'; "
-            f"use e.g. {REFERENCE_BUILDER!r}"
-        )
-    module_name, func_name = spec.split(":")
-    if module_name.split(".")[0] not in ALLOWED_BUILDER_PACKAGES:
-        raise ConfigError(
-            f"builder {spec!r} is outside the clinfuse packages; it must live in one of "
-            f"{', '.join(p + '.' for p in ALLOWED_BUILDER_PACKAGES)}"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"builder module {module_name!r} cannot be imported ({exc}); "
-            "is this clinfuse version the one the model was logged with?"
-        ) from exc
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise ConfigError(f"builder {spec!r}: {module_name} has no function {func_name!r}")
-    return func
-
-
-def build_predictor(
-    model_config: Mapping[str, Any], weights: Mapping[str, torch.Tensor] | None
-) -> Predictor:
-    """Build the Predictor described by a config.json payload and load ``weights`` into it."""
-    predictor = resolve_builder(model_config["builder"])(dict(model_config["config"]))
-    if not isinstance(predictor, Predictor):
-        raise ConfigError(
-            f"builder {model_config['builder']!r} returned {type(predictor).__name__}, which "
-            "lacks `model` (nn.Module) or `predict_dataframe(df)`"
-        )
-    if weights is not None:
-        predictor.model.load_state_dict(dict(weights), strict=True)
-    predictor.model.eval()
-    return predictor
-
-
-# ---------------------------------------------------------------------- pyfunc class
-_PYFUNC_CLASS: type | None = None
-
-
-def _make_pyfunc_class() -> type:
-    import mlflow.pyfunc
-    import pandas as pd
-
-    def _predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        """Run the rebuilt Predictor on a DataFrame of raw inputs."""
-        import torch
-
-        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        with torch.inference_mode():
-            return self.predictor.predict_dataframe(df)
-
-    # Real objects, not the strings `from __future__ import annotations` would leave: MLflow
-    # reads these hints when the class is created, and DataFrame means "validate by example".
-    _predict.__annotations__ = {"model_input": pd.DataFrame, "return": pd.DataFrame}
-
-    class ClinfusePyfunc(mlflow.pyfunc.PythonModel):
-        """Rebuilds the model from ``config.json`` + ``weights.safetensors``; no pickle."""
-
-        def load_context(self, context: Any) -> None:
-            from safetensors.torch import load_file
-
-            cfg = json.loads(Path(context.artifacts["config"]).read_text(encoding="utf-8"))
-            weights = load_file(context.artifacts["weights"])
-            self.predictor = build_predictor(cfg, weights)
-
-        predict = _predict
-
-    ClinfusePyfunc.__module__ = __name__
-    return ClinfusePyfunc
-
-
-def __getattr__(name: str) -> Any:
-    # ClinfusePyfunc subclasses mlflow's PythonModel; build it on first use so that importing
-    # this module (e.g. from the CLI) does not import mlflow.
-    global _PYFUNC_CLASS
-    if name == "ClinfusePyfunc":
-        if _PYFUNC_CLASS is None:
-            _PYFUNC_CLASS = _make_pyfunc_class()
-        return _PYFUNC_CLASS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# ---------------------------------------------------------------------- saving
-def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Write a state dict as safetensors; tensors sharing memory (tied weights) are cloned.
-
-    safetensors refuses shared storage; a clone per alias keeps ``load_state_dict`` exact
-    (both names get the same values) at the cost of a duplicate on disk.
-    """
-    from safetensors.torch import save_file
-
-    seen: set[tuple[int, int]] = set()
-    out: dict[str, torch.Tensor] = {}
-    for key, tensor in state_dict.items():
-        t = tensor.detach().cpu()
-        ident = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-        if ident in seen or not t.is_contiguous():
-            t = t.clone().contiguous()
-        else:
-            seen.add(ident)
-        out[key] = t
-    save_file(out, str(path), metadata={"format": "clinfuse", "version": str(FORMAT_VERSION)})
+WEIGHTS_TAG = "clinfuse.weights_sha256"
+CONFIG_TAG = "clinfuse.config_sha256"
+FORMAT_TAG = "clinfuse.format_version"
+HASH_TAGS = {WEIGHTS_FILE: WEIGHTS_TAG, CONFIG_FILE: CONFIG_TAG}
+# Where the two files lie inside a logged model (MLflow copies data_path to data/<name>).
+MODEL_DATA_PATH = f"data/{DATA_DIR}"
 
 
 def default_pip_requirements() -> list[str]:
@@ -207,34 +112,45 @@ def default_pip_requirements() -> list[str]:
     return reqs
 
 
-def _clinfuse_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+class _PyfuncNoValidation:
+    """``mlflow.pyfunc`` as a Model.log flavor that accepts ``validate_serving_input``.
 
-    try:
-        return version("clinfuse")
-    except PackageNotFoundError:
-        return "unknown"
+    Model.log reads that flag from the kwargs it also hands to the flavor's save_model, and
+    pyfunc's save_model refuses unknown kwargs; without the flag MLflow loads the model and
+    predicts the example right after logging it (seconds per model, a second load).
+    """
+
+    __name__ = "mlflow.pyfunc"
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Any = None, **kwargs: Any) -> Any:
+        import mlflow.pyfunc
+
+        kwargs.pop("validate_serving_input", None)
+        return mlflow.pyfunc.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
 
 
-def save_model_files(
-    folder: Path, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any], builder: str
-) -> dict[str, str]:
-    """Write weights, config and the model-code file into ``folder``; return artifact paths."""
-    resolve_builder(builder)  # fail before writing anything if the builder is wrong
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / WEIGHTS_FILE
-    save_weights(state_dict, weights)
-    payload = {
-        "format_version": FORMAT_VERSION,
-        "builder": builder,
-        "clinfuse_version": _clinfuse_version(),
-        "config": config,
-    }
-    cfg = folder / CONFIG_FILE
-    cfg.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    code = folder / "clinfuse_pyfunc.py"
-    code.write_text(MODEL_CODE, encoding="utf-8")
-    return {"weights": str(weights), "config": str(cfg), "code": str(code)}
+def _signature_and_example(
+    builder: str, config: Mapping[str, Any], input_example: Any, signature: Any
+) -> tuple[Any, Any]:
+    """Default signature and input example from the builder's ``example_io`` hook.
+
+    Input columns are optional (a patient may lack a modality); the example is synthetic.
+    """
+    hook = getattr(resolve_builder(builder), "example_io", None)
+    if hook is None or (input_example is not None and signature is not None):
+        return input_example, signature
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inp, out = hook(dict(config))
+    if signature is None:
+        with warnings.catch_warnings():  # "integer columns cannot hold NaN": outputs only
+            warnings.simplefilter("ignore", UserWarning)
+            inferred = infer_signature(inp, out)
+        optional = [ColSpec(c.type, c.name, required=False) for c in inferred.inputs.inputs]
+        signature = ModelSignature(inputs=Schema(optional), outputs=inferred.outputs)
+    return (inp if input_example is None else input_example), signature
 
 
 def log_model(
@@ -251,14 +167,16 @@ def log_model(
     pip_requirements: list[str] | None = None,
     alias: str | None = CHALLENGER,
 ) -> ModelInfo | None:
-    """Log a torch model as a pickle-free pyfunc to a run; optionally register it.
+    """Log a torch model as a code-free, pickle-free pyfunc to a run; optionally register it.
 
     ``config`` is the resolved, JSON-serialisable config the builder needs (input specs
-    included). With ``registered_name`` a new version is created and gets ``alias``
-    (``challenger`` by default). A degraded tracker (server unreachable) saves the model
-    into its spool folder instead, warns and returns ``None``; ``replay_spool`` uploads it.
+    included). Frozen pretrained encoders (the builder's ``frozen_references`` hook) are
+    stored by reference, not copied. Without ``signature``/``input_example`` the builder's
+    ``example_io`` hook supplies a synthetic example (no patient data) and the signature.
+    With ``registered_name`` a new version is created and gets ``alias``. A degraded
+    tracker (server unreachable) saves the model into its spool folder instead, warns and
+    returns ``None``; ``replay_spool`` uploads it.
     """
-    import mlflow
     from mlflow import MlflowClient
     from mlflow.models import Model
 
@@ -277,22 +195,28 @@ def log_model(
     else:
         run_id, uri = str(tracker_or_run_id), resolve_tracking_uri(tracking_uri, Path.cwd())
     json.dumps(dict(config), default=str)  # fail early on a config that cannot be saved
+    input_example, signature = _signature_and_example(builder, config, input_example, signature)
 
     with tempfile.TemporaryDirectory(prefix="clinfuse-model-") as tmp:
-        files = save_model_files(Path(tmp), state_dict, config, builder)
+        folder = Path(tmp) / DATA_DIR
+        files = save_model_files(folder, state_dict, config, builder)
+        hashes = {HASH_TAGS[f.name]: sha256_file(f) for f in files.values()}
+        hashes[FORMAT_TAG] = str(FORMAT_VERSION)
         kwargs: dict[str, Any] = {
             "artifact_path": None,  # deprecated but positional in Model.log; `name` replaces it
             "name": name,
-            "flavor": mlflow.pyfunc,
+            "flavor": _PyfuncNoValidation,
             "run_id": run_id,
-            "python_model": files["code"],
-            "artifacts": {"weights": files["weights"], "config": files["config"]},
+            "loader_module": LOADER_MODULE,
+            "data_path": str(folder),
             "pip_requirements": pip_requirements or default_pip_requirements(),
             "signature": signature,
             "input_example": input_example,
+            # MLflow would load the model and predict the example right after logging it.
+            "validate_serving_input": False,
         }
         if tracker is not None and tracker.degraded:
-            return _spool_model(tracker, kwargs, name)
+            return _spool_model(tracker, kwargs, name, hashes)
         limits = (
             short_http_limits(tracker.http_timeout_s, tracker.http_max_retries)
             if tracker is not None
@@ -305,33 +229,40 @@ def log_model(
                 # run_id, Model.log files it under the fluent default experiment ("0").
                 client = MlflowClient(uri)
                 exp_id = client.get_run(run_id).info.experiment_id
-                logged = client.create_logged_model(exp_id, name=name, source_run_id=run_id)
+                logged = client.create_logged_model(
+                    exp_id, name=name, source_run_id=run_id, tags=hashes
+                )
                 info = Model.log(model_id=logged.model_id, **kwargs)
         except Exception as exc:
             if tracker is None or not is_unavailable_error(exc):
                 raise
             tracker._degrade(exc)
-            return _spool_model(tracker, kwargs, name)
+            return _spool_model(tracker, kwargs, name, hashes)
     if registered_name:
         version = register_model(info.model_uri, registered_name, alias=alias, tracking_uri=uri)
         info.registered_model_version = int(version)
     return info
 
 
-def _spool_model(tracker: Tracker, kwargs: dict[str, Any], name: str) -> None:
-    """Save the pyfunc locally into the tracker's spool; ``replay_spool`` uploads it."""
+def _spool_model(
+    tracker: Tracker, kwargs: dict[str, Any], name: str, hashes: Mapping[str, str]
+) -> None:
+    """Save the pyfunc locally into the tracker's spool; ``replay_spool`` uploads it.
+
+    The file hashes become run tags (spooled too), so a version registered from the
+    replayed run can still be verified.
+    """
     import mlflow.pyfunc
 
     dest = tracker._ensure_spool() / "models" / name
-    save_kwargs = {
-        k: v for k, v in kwargs.items() if k not in ("artifact_path", "name", "flavor", "run_id")
-    }
-    mlflow.pyfunc.save_model(path=str(dest), **save_kwargs)
+    drop = ("artifact_path", "name", "flavor", "run_id", "validate_serving_input")
+    mlflow.pyfunc.save_model(path=str(dest), **{k: v for k, v in kwargs.items() if k not in drop})
+    tracker.set_tags(dict(hashes))
     rel = dest.relative_to(tracker._ensure_spool())
     tracker._spool_event("artifacts", dir=str(rel), artifact_path=name)
     log.warning(
         "model %r saved to the spool (%s) because MLflow is unreachable; it is uploaded by "
-        "replay_spool but must then be registered by hand",
+        "replay_spool but must then be registered by hand (registry.model.register_model)",
         name,
         dest,
     )
@@ -348,10 +279,45 @@ def _client(tracking_uri: str | None) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def _logged_model_id(mv: Any) -> str | None:
+    """The LoggedModel behind a version (MLflow 3.17 leaves ``model_id`` empty and puts it
+    in ``source`` as ``models:/m-...``)."""
+    if getattr(mv, "model_id", None):
+        return str(mv.model_id)
+    source = str(mv.source or "")
+    if source.startswith("models:/m-") and "/" not in source.removeprefix("models:/"):
+        return source.removeprefix("models:/")
+    return None
+
+
+def _recorded_hashes(client: Any, mv: Any) -> dict[str, str]:
+    """The file hashes recorded in the tracking DB for a model version.
+
+    In order: the version's own tags (set at registration), its LoggedModel's tags (set at
+    logging), its run's tags (a spooled model). Empty when none has them.
+    """
+    sources = [lambda: mv.tags]
+    model_id = _logged_model_id(mv)
+    if model_id:
+        sources.append(lambda: client.get_logged_model(model_id).tags)
+    if mv.run_id:
+        sources.append(lambda: client.get_run(mv.run_id).data.tags)
+    for get in sources:
+        tags = get() or {}
+        found = {k: tags[k] for k in (WEIGHTS_TAG, CONFIG_TAG, FORMAT_TAG) if k in tags}
+        if WEIGHTS_TAG in found and CONFIG_TAG in found:
+            return found
+    return {}
+
+
 def register_model(
     model_uri: str, name: str, alias: str | None = CHALLENGER, tracking_uri: str | None = None
 ) -> str:
-    """Create ``name`` if needed, add a version from ``model_uri``, set ``alias``; return it."""
+    """Create ``name`` if needed, add a version from ``model_uri``, set ``alias``; return it.
+
+    The logged file hashes are copied onto the version as tags: ``load_predictor`` checks
+    the files against them.
+    """
     import mlflow
 
     from registry.tracking import resolve_tracking_uri, using_tracking_uri
@@ -360,6 +326,8 @@ def register_model(
     client = _client(uri)
     with using_tracking_uri(uri):
         mv = mlflow.register_model(model_uri, name, await_registration_for=60)
+    for key, value in _recorded_hashes(client, client.get_model_version(name, mv.version)).items():
+        client.set_model_version_tag(name, mv.version, key, value)
     if alias:
         client.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
@@ -400,7 +368,11 @@ def promote(
 
 
 def load_pyfunc(uri: str, tracking_uri: str | None = None) -> Any:
-    """``mlflow.pyfunc.load_model`` against ``tracking_uri`` (e.g. ``models:/NAME@champion``)."""
+    """``mlflow.pyfunc.load_model`` against ``tracking_uri`` - for trusted registries only.
+
+    MLflow follows the stored MLmodel, which whoever can write the artifact store can
+    edit; clinfuse's own scoring uses ``load_predictor`` instead.
+    """
     import mlflow.pyfunc
 
     from registry.tracking import resolve_tracking_uri, using_tracking_uri
@@ -409,66 +381,98 @@ def load_pyfunc(uri: str, tracking_uri: str | None = None) -> Any:
         return mlflow.pyfunc.load_model(uri)
 
 
-# ---------------------------------------------------------------------- reference builder
-class _LinearPredictor:
-    """Reference Predictor: ``nn.Linear`` over the numeric columns named in the config."""
-
-    def __init__(self, features: list[str], n_outputs: int) -> None:
-        from torch import nn
-
-        self.features = list(features)
-        self.model = nn.Linear(len(self.features), n_outputs)
-
-    def predict_dataframe(self, df: pd.DataFrame) -> pd.DataFrame:
-        import numpy as np
-        import pandas as pd
-        import torch
-
-        missing = [c for c in self.features if c not in df.columns]
-        if missing:
-            raise ConfigError(
-                f"input is missing columns {missing}; the model needs {self.features}"
-            )
-        x = torch.tensor(df[self.features].to_numpy(dtype=np.float32))
-        logits = self.model(x)
-        if logits.shape[1] == 1:
-            out = {"logit": logits[:, 0], "probability": torch.sigmoid(logits[:, 0])}
-        else:
-            out = {f"logit_{i}": logits[:, i] for i in range(logits.shape[1])}
-        return pd.DataFrame({k: v.detach().numpy() for k, v in out.items()}, index=df.index)
-
-
-def _linear_reference_builder(config: dict[str, Any]) -> _LinearPredictor:
-    """Build the reference Predictor from ``{"features": [...], "n_outputs": 1}``."""
-    features = config.get("features")
-    if not features or not isinstance(features, list):
-        raise ConfigError("reference model config needs 'features': a list of column names")
-    return _LinearPredictor(features, int(config.get("n_outputs", 1)))
-
-
-def load_predictor(model_uri: str, tracking_uri: str | None = None) -> tuple[Predictor, str, str]:
-    """Rebuild the Predictor behind ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``).
-
-    Returns ``(predictor, model_name, version)``: batch scoring needs the model itself (to
-    score prepared tensors), not only the DataFrame interface of the pyfunc.
-    """
+# ---------------------------------------------------------------------- verified loading
+def resolve_model_version(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, Any]:
+    """``(client, ModelVersion)`` behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
     from mlflow.exceptions import MlflowException
 
-    if not model_uri.startswith("models:/"):
+    if not isinstance(model_uri, str) or not model_uri.startswith("models:/"):
         raise ConfigError(f"model URI {model_uri!r} must look like models:/NAME@ALIAS")
     ref = model_uri.removeprefix("models:/")
     name, _, alias = ref.partition("@")
     client = _client(tracking_uri)
     try:
         if alias:
-            version = str(client.get_model_version_by_alias(name, alias).version)
+            mv = client.get_model_version_by_alias(name, alias)
         else:
             name, _, version = ref.partition("/")
-            client.get_model_version(name, version)
+            mv = client.get_model_version(name, version)
     except MlflowException:
         raise ConfigError(
             f"model {model_uri!r} is not in the registry at the tracking URI; train with "
             "--register and promote a champion (`clinfuse compare --promote NAME`) first"
         ) from None
-    model = load_pyfunc(f"models:/{name}/{version}", client.tracking_uri)
-    return model.unwrap_python_model().predictor, name, version
+    return client, mv
+
+
+def _model_artifact_location(client: Any, mv: Any) -> str:
+    """Artifact URI of the model folder of a version (LoggedModel, or run + path)."""
+    model_id = _logged_model_id(mv)
+    if model_id:
+        return str(client.get_logged_model(model_id).artifact_location)
+    source = str(mv.source)
+    if source.startswith("runs:/"):
+        run_id, _, path = source.removeprefix("runs:/").partition("/")
+        return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
+    return source
+
+
+def fetch_verified_files(
+    model_uri: str, dest: Path, tracking_uri: str | None = None
+) -> tuple[str, str]:
+    """Download a version's ``config.json`` and ``weights.safetensors`` into ``dest`` and
+    check both against the SHA-256 recorded in the tracking DB; return ``(name, version)``.
+
+    Only these two files are fetched, by name: MLmodel and anything else stored with the
+    model are never read. ``ModelIntegrityError`` names the version when a file differs,
+    is missing, or no hash was recorded.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from registry.tracking import resolve_tracking_uri, using_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    client, mv = resolve_model_version(model_uri, uri)
+    what = f"model {mv.name} v{mv.version}"
+    recorded = _recorded_hashes(client, mv)
+    if not recorded:
+        raise ModelIntegrityError(
+            f"{what} has no recorded file hashes (tags {WEIGHTS_TAG}, {CONFIG_TAG}): it was "
+            "not logged by this clinfuse version; re-log and register it, then promote it"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    # mlflow-artifacts:/ locations resolve the server from the global tracking URI.
+    with using_tracking_uri(uri):
+        repo = get_artifact_repository(_model_artifact_location(client, mv))
+        for fname, tag in HASH_TAGS.items():
+            try:
+                local = Path(repo.download_artifacts(f"{MODEL_DATA_PATH}/{fname}", str(dest)))
+            except (MlflowException, OSError) as exc:
+                raise ModelIntegrityError(
+                    f"{what}: {fname} cannot be fetched from the artifact store "
+                    f"({type(exc).__name__}); check that the store is reachable and the file "
+                    "exists (restore it from a backup, or re-register the model)"
+                ) from None
+            if sha256_file(local) != recorded[tag]:
+                raise ModelIntegrityError(
+                    f"{what}: {fname} in the artifact store does not match the SHA-256 "
+                    f"recorded when it was logged (tag {tag}); the file was changed after "
+                    "logging: do not use this version, re-register from a trusted run"
+                )
+            if local.parent != dest:
+                local.replace(dest / fname)
+    return str(mv.name), str(mv.version)
+
+
+def load_predictor(model_uri: str, tracking_uri: str | None = None) -> tuple[Predictor, str, str]:
+    """Rebuild the Predictor behind ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``).
+
+    Returns ``(predictor, model_name, version)``. Downloads the two files, verifies them
+    (``fetch_verified_files``), and builds the model from them: no stored code runs, no
+    pickle is read. Batch scoring needs the model itself (to score prepared tensors), not
+    only the DataFrame interface of the pyfunc.
+    """
+    with tempfile.TemporaryDirectory(prefix="clinfuse-load-") as tmp:
+        name, version = fetch_verified_files(model_uri, Path(tmp), tracking_uri)
+        return build_from_files(Path(tmp), f"model {name} v{version}"), name, version

@@ -4,11 +4,12 @@ Ingest is content-addressed (only new or changed inputs are computed) and scorin
 exactly-once (only patients/inputs without a prediction from the champion are scored), so
 running it every night over the whole drop folder costs what is new. The manifest it
 writes (raw patient IDs) stays in the work folder; flow results and logs carry counts only.
+The predictions database URL is read by the scoring tasks from the environment variable
+``serve.db_url_env`` names (or a Prefect Secret block): it is never a flow parameter.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from workflows.config import load_config  # noqa: E402
 from workflows.ingest import ingest_flow  # noqa: E402
 from workflows.runtime import task_runner  # noqa: E402
-from workflows.score import score_flow  # noqa: E402
+from workflows.score import refuse_credentials, score_flow  # noqa: E402
 
 
 @task(name="index-drop", retries=2, retry_delay_seconds=[10, 60])
@@ -45,9 +46,15 @@ def nightly_flow(
     overrides: list[str] | None = None,
     model: str | None = None,
     tracking_uri: str | None = None,
+    db_url_secret: str | None = None,
 ) -> dict[str, Any]:
-    """Index -> ingest (new only) -> score with the champion -> report (counts only)."""
+    """Index -> ingest (new only) -> score with the champion -> report (counts only).
+
+    ``db_url_secret`` names a Prefect Secret block holding the predictions database URL;
+    without it the URL comes from ``$CLINFUSE_DB_URL`` (``serve.db_url_env``).
+    """
     logger = get_run_logger()
+    refuse_credentials(tracking_uri, "tracking_uri")
     cfg = load_config(config, overrides)
     folders = cfg.serve.folders()
     drop_dir = drop_dir or folders["drop_dir"]
@@ -63,9 +70,14 @@ def nightly_flow(
         str(manifest), str(prepared), config, overrides, drop_dir
     )
     scored = score_flow.with_options(task_runner=task_runner(2, dask))(
-        str(prepared), str(work / "predictions"), model or cfg.serve.model,
-        os.environ.get(cfg.serve.db_url_env) or None, tracking_uri, str(work),
+        str(prepared),
+        str(work / "predictions"),
+        model or cfg.serve.model,
+        tracking_uri,
+        str(work),
         shards=2 if dask else 1,
+        db_url_env=cfg.serve.db_url_env,
+        db_url_secret=db_url_secret,
     )
     report = {
         "patients_indexed": indexed["patients"],
@@ -83,6 +95,10 @@ def nightly_flow(
         key="nightly-report",
         markdown="# clinfuse nightly\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in report.items()),
     )
-    logger.info("nightly: %d patients, %d inputs computed, %d scored now",
-                report["patients_indexed"], report["inputs_computed"], report["scored_now"])
+    logger.info(
+        "nightly: %d patients, %d inputs computed, %d scored now",
+        report["patients_indexed"],
+        report["inputs_computed"],
+        report["scored_now"],
+    )
     return report

@@ -36,6 +36,8 @@ ENV_EXAMPLE = ROOT / ".env.example"
 INIT_DB = ROOT / "deploy" / "init-db.sh"
 AUTH_INI = ROOT / "deploy" / "mlflow-auth.ini"
 USERS_SCRIPT = ROOT / "deploy" / "mlflow_users.py"
+DASK_TLS_SCRIPT = ROOT / "deploy" / "dask_tls.py"
+DASK_TLS_DIR = "/etc/clinfuse/dask-tls"
 LOCK = ROOT / "deploy" / "requirements.lock"
 VENV_BIN = Path(sys.executable).parent
 
@@ -44,7 +46,7 @@ SECRET_KEY_RE = re.compile(r"PASSWORD|SECRET|AUTH_STRING|PSEUDONYM_KEY|PGPASSWOR
 # ${VAR}, ${VAR:-default}, ${VAR:?message}; $${...} is a literal for the container's shell.
 VAR_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 REQUIRED_RE = re.compile(r"^\$\{[A-Z0-9_]+:\?[^}]+\}$")
-ONE_SHOT = {"minio-init", "mlflow-init"}
+ONE_SHOT = {"minio-init", "mlflow-init", "tls-init"}
 UI_PORTS = {"mlflow": 5000, "prefect-server": 4200}
 
 
@@ -99,15 +101,25 @@ def test_compose_files_match_the_compose_spec(path: Path) -> None:
         exe = Path(found)
     res = subprocess.run(
         [str(exe), "--builtin-schema", "vendor.compose-spec", str(path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_expected_services(services: dict[str, Any]) -> None:
     assert set(services) == {
-        "postgres", "minio", "minio-init", "mlflow", "mlflow-init", "prefect-server",
-        "worker", "dask-scheduler", "dask-worker",
+        "postgres",
+        "minio",
+        "minio-init",
+        "mlflow",
+        "mlflow-init",
+        "prefect-server",
+        "worker",
+        "dask-scheduler",
+        "dask-worker",
+        "tls-init",
     }
     assert "version" not in yaml.safe_load(COMPOSE.read_text())
 
@@ -133,7 +145,13 @@ def test_every_image_is_pinned_or_built_here(services: dict[str, Any]) -> None:
 def test_python_services_share_the_project_image(services: dict[str, Any]) -> None:
     built = {n for n, s in services.items() if "build" in s}
     assert built == {
-        "mlflow", "mlflow-init", "prefect-server", "worker", "dask-scheduler", "dask-worker"
+        "mlflow",
+        "mlflow-init",
+        "prefect-server",
+        "worker",
+        "dask-scheduler",
+        "dask-worker",
+        "tls-init",
     }
     assert len({services[n]["image"] for n in built}) == 1
     assert len({repr(services[n]["build"]) for n in built}) == 1
@@ -151,10 +169,19 @@ def test_secret_variables_are_required_never_defaulted() -> None:
             assert arg and len(arg) > 10, f"${{{var}:?}} needs a message saying what to set"
     required = {v for v, op, _ in refs if op == ":?"}
     assert {
-        "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD",
-        "CLINFUSE_PSEUDONYM_KEY", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD",
-        "CLINFUSE_DB_PASSWORD", "MLFLOW_S3_SECRET_KEY", "MLFLOW_FLASK_SECRET_KEY",
-        "CLINFUSE_MLFLOW_PASSWORD", "PREFECT_AUTH_STRING", "DICOM_DROP_DIR", "NOTES_DIR",
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "CLINFUSE_PSEUDONYM_KEY",
+        "MLFLOW_DB_PASSWORD",
+        "PREFECT_DB_PASSWORD",
+        "CLINFUSE_DB_PASSWORD",
+        "MLFLOW_S3_SECRET_KEY",
+        "MLFLOW_FLASK_SECRET_KEY",
+        "CLINFUSE_MLFLOW_PASSWORD",
+        "PREFECT_AUTH_STRING",
+        "DICOM_DROP_DIR",
+        "NOTES_DIR",
     } <= required
 
 
@@ -206,13 +233,25 @@ def test_only_the_two_uis_are_published_on_bind_address(services: dict[str, Any]
         assert port.endswith(f":{container_port}"), port
 
 
-def test_backend_network_has_no_route_out(compose: dict[str, Any]) -> None:
+# Who may join which network: only the UIs are routed; the Dask scheduler sits alone with
+# its clients on the internal dask network; tls-init needs no network at all.
+NETWORKS = {
+    "mlflow": {"backend", "frontend"},
+    "prefect-server": {"backend", "frontend"},
+    "worker": {"backend", "dask"},
+    "dask-worker": {"backend", "dask"},
+    "dask-scheduler": {"dask"},
+    "tls-init": set(),
+}
+
+
+def test_networks_have_no_route_out_and_dask_is_fenced(compose: dict[str, Any]) -> None:
     assert compose["networks"]["backend"]["internal"] is True
+    assert compose["networks"]["dask"]["internal"] is True
     for name, svc in compose["services"].items():
         nets = set(svc.get("networks", []))
-        assert "backend" in nets, name
-        if name not in UI_PORTS:
-            assert nets == {"backend"}, f"{name} must not join the routed network"
+        assert nets == NETWORKS.get(name, {"backend"}), name
+    assert compose["services"]["tls-init"]["network_mode"] == "none"
 
 
 # --- health and start order ------------------------------------------------------------------
@@ -319,8 +358,14 @@ def test_worker_serves_with_read_only_inputs(services: dict[str, Any]) -> None:
     env = _env(svc)
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
-    for key in ("CLINFUSE_PSEUDONYM_KEY", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                "CLINFUSE_DB_URL", "CLINFUSE_DATA_ROOT", "PREFECT_API_AUTH_STRING"):
+    for key in (
+        "CLINFUSE_PSEUDONYM_KEY",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "CLINFUSE_DB_URL",
+        "CLINFUSE_DATA_ROOT",
+        "PREFECT_API_AUTH_STRING",
+    ):
         assert key in env, key
     assert env["CLINFUSE_DB_URL"].startswith("postgresql+psycopg2://clinfuse:")
     # The worker signs in with its own account, never the MLflow admin's.
@@ -340,12 +385,152 @@ def test_dask_services_only_under_their_profile(services: dict[str, Any]) -> Non
         else:
             assert not svc.get("profiles"), name
     assert services["dask-scheduler"]["command"][0] == "scheduler"
-    assert services["dask-worker"]["command"][:2] == ["worker", "tcp://dask-scheduler:8786"]
+    assert services["dask-worker"]["command"][:2] == ["worker", "tls://dask-scheduler:8786"]
     # Dask workers run the same ingest tasks, so they see the same inputs and key.
     assert services["dask-worker"]["volumes"] == services["worker"]["volumes"]
-    assert _env(services["dask-worker"])["CLINFUSE_PSEUDONYM_KEY"] == _env(
-        services["worker"]
-    )["CLINFUSE_PSEUDONYM_KEY"]
+    assert (
+        _env(services["dask-worker"])["CLINFUSE_PSEUDONYM_KEY"]
+        == _env(services["worker"])["CLINFUSE_PSEUDONYM_KEY"]
+    )
+
+
+def _tls_mount(svc: dict[str, Any]) -> tuple[str, bool] | None:
+    """(volume source, read_only) of the service's mount at DASK_TLS_DIR, if any."""
+    for v in svc.get("volumes", []):
+        if isinstance(v, dict) and v.get("target") == DASK_TLS_DIR:
+            return v["source"], bool(v.get("read_only"))
+        if isinstance(v, str) and v.split(":")[1] == DASK_TLS_DIR:
+            return v.split(":")[0], v.endswith(":ro")
+    return None
+
+
+def test_dask_speaks_mutual_tls_only(services: dict[str, Any]) -> None:
+    sched = services["dask-scheduler"]["command"]
+    assert sched[sched.index("--protocol") + 1] == "tls"
+    for name in ("dask-scheduler", "dask-worker", "worker"):
+        env, svc = _env(services[name]), services[name]
+        assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "true", name
+        assert env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] == f"{DASK_TLS_DIR}/ca.pem"
+        for role in ("SCHEDULER", "WORKER", "CLIENT"):
+            assert env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"].startswith(DASK_TLS_DIR)
+            assert env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"].startswith(DASK_TLS_DIR)
+        assert _tls_mount(svc) == ("dask-tls", True), f"{name} must mount the certs read-only"
+        assert (
+            svc["depends_on"].get("tls-init", {}).get("condition")
+            == ("service_completed_successfully")
+            or name == "dask-worker"
+        )
+    # Only tls-init writes the volume, and it runs the script that ships in the image.
+    writers = [n for n, s in services.items() if (_tls_mount(s) or ("", True))[1] is False]
+    assert writers == ["tls-init"]
+    init = services["tls-init"]
+    assert init["entrypoint"] == ["python", "/opt/clinfuse/deploy/dask_tls.py"]
+    assert init["command"][0] == DASK_TLS_DIR and "10001:10001" in init["command"]
+    assert DASK_TLS_SCRIPT.exists()
+
+
+def test_dask_tls_script_writes_a_private_key_and_converges(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    out = tmp_path / "tls"
+    for expected in ("new CA", "kept"):
+        res = subprocess.run(
+            [sys.executable, str(DASK_TLS_SCRIPT), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert expected in res.stdout
+    assert (out / "dask-key.pem").stat().st_mode & 0o077 == 0
+    ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    cert = x509.load_pem_x509_certificate((out / "dask.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert not any(
+        "PRIVATE KEY" in p.read_text() for p in out.iterdir() if p.name != "dask-key.pem"
+    )  # the CA key is never written
+
+
+@pytest.mark.slow
+def test_dask_cluster_with_compose_settings_refuses_strangers(
+    services: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """Scheduler and worker started with compose.yaml's commands and TLS settings (paths
+    swapped for local ones): a client with the stack's certificate computes; plain TCP and a
+    certificate from another CA are refused."""
+    from tests.servers import free_port, start_process
+
+    certs, other = tmp_path / "certs", tmp_path / "other"
+    for d in (certs, other):
+        subprocess.run(
+            [sys.executable, str(DASK_TLS_SCRIPT), str(d)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    env = {
+        k: v.replace(DASK_TLS_DIR, str(certs)) for k, v in _env(services["dask-scheduler"]).items()
+    }
+    port, dash, wdash = free_port(), free_port(), free_port()
+    dask = str(VENV_BIN / "dask") if (VENV_BIN / "dask").exists() else "dask"
+    cmd = [str(c) for c in services["dask-scheduler"]["command"]]
+    cmd[cmd.index("--port") + 1] = str(port)
+    cmd[cmd.index("--dashboard-address") + 1] = f"127.0.0.1:{dash}"
+    sched = start_process(
+        [dask, *cmd, "--host", "127.0.0.1"],
+        f"http://127.0.0.1:{dash}/health",
+        env,
+        tmp_path / "sched.log",
+        timeout_s=120,
+    )
+    worker = None
+    try:
+        wcmd = [str(c) for c in services["dask-worker"]["command"]]
+        wcmd[1] = wcmd[1].replace("dask-scheduler:8786", f"127.0.0.1:{port}")
+        wcmd[wcmd.index("--dashboard-address") + 1] = f"127.0.0.1:{wdash}"
+        wcmd[wcmd.index("--memory-limit") + 1] = "1GiB"
+        worker = start_process(
+            [dask, *wcmd, "--host", "127.0.0.1"],
+            f"http://127.0.0.1:{wdash}/health",
+            env,
+            tmp_path / "worker.log",
+            timeout_s=120,
+        )
+        probe = (
+            "import sys\n"
+            "from distributed import Client\n"
+            "try:\n"
+            "    c = Client(sys.argv[1], timeout=15)\n"
+            "    print('computed', c.submit(sum, [1, 2]).result(timeout=30))\n"
+            "except Exception as e:\n"
+            "    print('refused', type(e).__name__)\n"
+        )
+
+        def client(address: str, extra: dict[str, str]) -> str:
+            full = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+            res = subprocess.run(
+                [sys.executable, "-c", probe, address],
+                env={**full, **extra},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            return res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr
+
+        assert client(f"tls://127.0.0.1:{port}", env) == "computed 3"
+        assert client(f"tcp://127.0.0.1:{port}", {}).startswith("refused")
+        foreign = {
+            **env,
+            **{k: v.replace(str(certs), str(other)) for k, v in env.items() if "CLIENT__" in k},
+        }
+        assert client(f"tls://127.0.0.1:{port}", foreign).startswith("refused")
+        assert "certificate verify failed" in (tmp_path / "sched.log").read_text()
+    finally:
+        if worker is not None:
+            worker.stop()
+        sched.stop()
 
 
 # --- docker compose config (client side; skipped when the compose plugin is absent) ----------
@@ -377,15 +562,23 @@ def test_docker_compose_config_resolves_and_refuses_missing_secrets(tmp_path: Pa
     empty_env_file.write_text("")
     base = [*cli, "--env-file", str(empty_env_file), "-f", str(COMPOSE)]
     env = _dummy_env(tmp_path)
-    ok = subprocess.run([*base, "config", "-q"], env=env, capture_output=True, text=True,
-                        timeout=60, cwd=ROOT)
+    ok = subprocess.run(
+        [*base, "config", "-q"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert ok.returncode == 0, ok.stderr
-    ok = subprocess.run([*base, "--profile", "dask", "config", "-q"], env=env,
-                        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    ok = subprocess.run(
+        [*base, "--profile", "dask", "config", "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert ok.returncode == 0, ok.stderr
     env.pop("POSTGRES_PASSWORD")
-    bad = subprocess.run([*base, "config", "-q"], env=env, capture_output=True, text=True,
-                         timeout=60, cwd=ROOT)
+    bad = subprocess.run(
+        [*base, "config", "-q"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert bad.returncode != 0
     assert "POSTGRES_PASSWORD" in bad.stderr and "openssl rand" in bad.stderr
 
@@ -414,8 +607,9 @@ def _dockerfile() -> tuple[dict[str, str], list[tuple[str, str]]]:
 
 def test_dockerfile_pins_cpu_torch_and_drops_root() -> None:
     args, instructions = _dockerfile()
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?",
-                        args["PYTHON_IMAGE"])
+    assert re.fullmatch(
+        r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", args["PYTHON_IMAGE"]
+    )
     assert args["TORCH_VERSION"] == "2.13.0"
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     runs = [rest for instr, rest in instructions if instr == "RUN"]
@@ -466,7 +660,8 @@ def test_lock_pins_every_dependency() -> None:
 
 def test_dockerignore_keeps_secrets_out_and_sources_in() -> None:
     patterns = [
-        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
+        p.strip()
+        for p in (ROOT / ".dockerignore").read_text().splitlines()
         if p.strip() and not p.startswith("#")
     ]
     assert ".env" in patterns and ".git" in patterns and ".venv" in patterns
@@ -504,9 +699,7 @@ def test_prefect_yaml_entrypoints_exist(deployment: str) -> None:
     if not source.exists():
         pytest.skip(f"{path} is not written yet")
     tree = ast.parse(source.read_text())
-    defs = {
-        n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
-    }
+    defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
     assert func in defs, f"{path} defines no top-level {func}"
     decorators = [ast.unparse(d) for d in defs[func].decorator_list]
     assert any(re.match(r"(prefect\.)?flow\b", d) for d in decorators), decorators
@@ -518,7 +711,9 @@ def test_prefect_yaml_entrypoints_exist(deployment: str) -> None:
 def _psql(sql: str, db: str = "postgres") -> str:
     res = subprocess.run(
         ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-tAX", "-c", sql],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
@@ -527,8 +722,12 @@ def _psql(sql: str, db: str = "postgres") -> str:
 def _postgres_ready() -> bool:
     if shutil.which("psql") is None:
         return False
-    res = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", "select 1"],
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", "select 1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return res.returncode == 0
 
 
@@ -539,27 +738,35 @@ def stack_db() -> Iterator[dict[str, str]]:
         pytest.skip("no psql or no local PostgreSQL on 127.0.0.1:5432")
     tag = uuid.uuid4().hex[:8]
     names = {
-        "MLFLOW_DB_USER": f"t{tag}_mlflow", "MLFLOW_DB_NAME": f"t{tag}_mlflow",
-        "MLFLOW_AUTH_DB_NAME": f"t{tag}_mlflow_auth", "PREFECT_DB_USER": f"t{tag}_prefect",
-        "PREFECT_DB_NAME": f"t{tag}_prefect", "CLINFUSE_DB_USER": f"t{tag}_clinfuse",
+        "MLFLOW_DB_USER": f"t{tag}_mlflow",
+        "MLFLOW_DB_NAME": f"t{tag}_mlflow",
+        "MLFLOW_AUTH_DB_NAME": f"t{tag}_mlflow_auth",
+        "PREFECT_DB_USER": f"t{tag}_prefect",
+        "PREFECT_DB_NAME": f"t{tag}_prefect",
+        "CLINFUSE_DB_USER": f"t{tag}_clinfuse",
         "CLINFUSE_DB_NAME": f"t{tag}_clinfuse",
     }
     env = {
-        **os.environ, **names, "PGHOST": "127.0.0.1", "PGPORT": "5432",
-        "POSTGRES_USER": "postgres", "POSTGRES_DB": "postgres",
+        **os.environ,
+        **names,
+        "PGHOST": "127.0.0.1",
+        "PGPORT": "5432",
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_DB": "postgres",
         # Quotes, a semicolon and a backslash: a password must never be parsed as SQL.
         "MLFLOW_DB_PASSWORD": "it's; DROP ROLE postgres; --\\",
-        "PREFECT_DB_PASSWORD": "p" * 64, "CLINFUSE_DB_PASSWORD": "c" * 64,
+        "PREFECT_DB_PASSWORD": "p" * 64,
+        "CLINFUSE_DB_PASSWORD": "c" * 64,
     }
     try:
         for _ in range(2):  # idempotent: a second run converges instead of failing
-            res = subprocess.run(["bash", str(INIT_DB)], env=env, capture_output=True,
-                                 text=True, timeout=120)
+            res = subprocess.run(
+                ["bash", str(INIT_DB)], env=env, capture_output=True, text=True, timeout=120
+            )
             assert res.returncode == 0, res.stderr
         yield {**names, **{k: env[k] for k in env if k.endswith("_PASSWORD")}}
     finally:
-        for key in ("MLFLOW_DB_NAME", "MLFLOW_AUTH_DB_NAME", "PREFECT_DB_NAME",
-                    "CLINFUSE_DB_NAME"):
+        for key in ("MLFLOW_DB_NAME", "MLFLOW_AUTH_DB_NAME", "PREFECT_DB_NAME", "CLINFUSE_DB_NAME"):
             _psql(f'DROP DATABASE IF EXISTS "{names[key]}" WITH (FORCE)')
         for key in ("MLFLOW_DB_USER", "PREFECT_DB_USER", "CLINFUSE_DB_USER"):
             _psql(f'DROP ROLE IF EXISTS "{names[key]}"')
@@ -569,14 +776,15 @@ def test_init_db_creates_private_databases_owned_by_their_roles(
     stack_db: dict[str, str],
 ) -> None:
     owners = {
-        "MLFLOW_DB_NAME": "MLFLOW_DB_USER", "MLFLOW_AUTH_DB_NAME": "MLFLOW_DB_USER",
-        "PREFECT_DB_NAME": "PREFECT_DB_USER", "CLINFUSE_DB_NAME": "CLINFUSE_DB_USER",
+        "MLFLOW_DB_NAME": "MLFLOW_DB_USER",
+        "MLFLOW_AUTH_DB_NAME": "MLFLOW_DB_USER",
+        "PREFECT_DB_NAME": "PREFECT_DB_USER",
+        "CLINFUSE_DB_NAME": "CLINFUSE_DB_USER",
     }
     for db_key, role_key in owners.items():
         db = stack_db[db_key]
         owner, acl = _psql(
-            f"SELECT pg_get_userbyid(datdba), datacl::text FROM pg_database "
-            f"WHERE datname = '{db}'"
+            f"SELECT pg_get_userbyid(datdba), datacl::text FROM pg_database WHERE datname = '{db}'"
         ).split("|")
         assert owner == stack_db[role_key]
         # PUBLIC's entry in an ACL reads "=c/owner" (no role name before "="): revoked.
@@ -592,10 +800,15 @@ def test_init_db_creates_private_databases_owned_by_their_roles(
 
 
 def test_init_db_refuses_a_missing_password(tmp_path: Path) -> None:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
-           "MLFLOW_DB_PASSWORD": "x", "PREFECT_DB_PASSWORD": "y"}
-    res = subprocess.run(["bash", str(INIT_DB)], env=env, capture_output=True, text=True,
-                         timeout=60)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "MLFLOW_DB_PASSWORD": "x",
+        "PREFECT_DB_PASSWORD": "y",
+    }
+    res = subprocess.run(
+        ["bash", str(INIT_DB)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode != 0
     assert "CLINFUSE_DB_PASSWORD is not set" in res.stderr
 
@@ -621,7 +834,9 @@ def _basic(user: str, password: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_mlflow_basic_auth_server_with_compose_arguments(
-    services: dict[str, Any], stack_db: dict[str, str], tmp_path: Path,
+    services: dict[str, Any],
+    stack_db: dict[str, str],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pytest.importorskip("flask_wtf", reason="the basic-auth app needs Flask-WTF (mlflow[auth])")
@@ -633,10 +848,11 @@ def test_mlflow_basic_auth_server_with_compose_arguments(
     # PostgreSQL and this test's databases, a local artifact folder (no S3 here), one
     # loopback worker on a free port. --app-name and --allowed-hosts stay as written.
     swap = {
-        "postgresql+psycopg2://mlflow@postgres:5432/mlflow":
-            f"postgresql+psycopg2://{stack_db['MLFLOW_DB_USER']}@{pg}/"
-            f"{stack_db['MLFLOW_DB_NAME']}",
-        "0.0.0.0": "127.0.0.1", "5000": str(port), "2": "1",
+        "postgresql+psycopg2://mlflow@postgres:5432/mlflow": f"postgresql+psycopg2://{stack_db['MLFLOW_DB_USER']}@{pg}/"
+        f"{stack_db['MLFLOW_DB_NAME']}",
+        "0.0.0.0": "127.0.0.1",
+        "5000": str(port),
+        "2": "1",
     }
     cmd = [swap.get(_defaults(str(c)), _defaults(str(c))) for c in services["mlflow"]["command"]]
     dest = cmd.index("--artifacts-destination") + 1
@@ -657,8 +873,14 @@ def test_mlflow_basic_auth_server_with_compose_arguments(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     base = f"http://127.0.0.1:{port}"
-    handle = start_process([sys.executable, "-m", "mlflow", *cmd], f"{base}/health", env,
-                           tmp_path / "mlflow.log", timeout_s=180, base_url=base)
+    handle = start_process(
+        [sys.executable, "-m", "mlflow", *cmd],
+        f"{base}/health",
+        env,
+        tmp_path / "mlflow.log",
+        timeout_s=180,
+        base_url=base,
+    )
     try:
         # The container healthcheck probes /health without credentials.
         assert _request(f"{base}/health") == 200
@@ -671,14 +893,22 @@ def test_mlflow_basic_auth_server_with_compose_arguments(
 
         worker_pw = uuid.uuid4().hex * 2
         script_env = {
-            **os.environ, "MLFLOW_TRACKING_URI": base, "MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": admin_pw, "CLINFUSE_MLFLOW_USERNAME": "clinfuse-worker",
+            **os.environ,
+            "MLFLOW_TRACKING_URI": base,
+            "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": admin_pw,
+            "CLINFUSE_MLFLOW_USERNAME": "clinfuse-worker",
             "CLINFUSE_MLFLOW_PASSWORD": worker_pw,
         }
         outcomes = []
         for _ in range(2):
-            res = subprocess.run([sys.executable, str(USERS_SCRIPT)], env=script_env,
-                                 capture_output=True, text=True, timeout=120)
+            res = subprocess.run(
+                [sys.executable, str(USERS_SCRIPT)],
+                env=script_env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert res.returncode == 0, res.stderr
             assert worker_pw not in res.stdout + res.stderr
             outcomes.append(res.stdout.strip().rsplit(" ", 1)[-1])
@@ -701,7 +931,9 @@ def test_mlflow_basic_auth_server_with_compose_arguments(
 
 @pytest.mark.slow
 def test_prefect_server_on_postgres_with_compose_settings(
-    services: dict[str, Any], stack_db: dict[str, str], tmp_path: Path,
+    services: dict[str, Any],
+    stack_db: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     from tests.servers import free_port, start_process
 
@@ -725,8 +957,9 @@ def test_prefect_server_on_postgres_with_compose_settings(
     prefect = VENV_BIN / "prefect"
     exe = [str(prefect)] if prefect.exists() else [sys.executable, "-m", "prefect"]
     base = f"http://127.0.0.1:{port}/api"
-    handle = start_process([*exe, *cmd], f"{base}/health", env, tmp_path / "prefect.log",
-                           timeout_s=180, base_url=base)
+    handle = start_process(
+        [*exe, *cmd], f"{base}/health", env, tmp_path / "prefect.log", timeout_s=180, base_url=base
+    )
     try:
         user, _, password = auth.partition(":")
         assert _request(f"{base}/health") == 200  # the compose healthcheck needs no auth

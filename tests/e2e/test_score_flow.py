@@ -16,10 +16,14 @@ from tests.servers import postgres_database
 pytestmark = pytest.mark.slow
 
 
+# Trust auth ignores it; it stands for a real password that must never reach Prefect.
+DB_PASSWORD = "canary-score-e2e-password"
+
+
 @pytest.fixture(scope="module")
 def db_url() -> str:
     with postgres_database("clinfuse_score_e2e") as url:
-        yield url
+        yield url.replace("://postgres@", f"://postgres:{DB_PASSWORD}@", 1)
 
 
 @pytest.fixture(scope="module")
@@ -83,5 +87,6 @@ def test_phi_canary_over_scoring(scored: dict, synthetic_cohort: Path) -> None:
     assert any(p.endswith("prefect.db") for p in blobs), "Prefect's database was not found"
     for i, r in enumerate(scored["runs"]):
         blobs[f"cli{i}"] = (r.stdout + r.stderr).encode()
+    needles.add(DB_PASSWORD)  # --db-url reaches the tasks through the environment only
     leaks = [(n, k) for k, b in blobs.items() for n in needles if n.encode() in b]
     assert not leaks, leaks[:5]

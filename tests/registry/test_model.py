@@ -1,4 +1,5 @@
-"""Pickle-free pyfunc models: builder validation, safetensors, registration, fresh-process load."""
+"""Code-free, pickle-free pyfunc models: builder validation, safetensors, registration,
+verified loading (tampered files refused, stored code never run), fresh-process load."""
 
 from __future__ import annotations
 
@@ -12,18 +13,23 @@ import pandas as pd
 import pytest
 import torch
 
-from modalities.errors import ConfigError
+from modalities.errors import ClinfuseError, ConfigError
 from registry.model import (
     CHALLENGER,
     CHAMPION,
+    CONFIG_TAG,
     PREVIOUS_CHAMPION_TAG,
     REFERENCE_BUILDER,
+    WEIGHTS_TAG,
+    ModelIntegrityError,
     _linear_reference_builder,
     build_predictor,
     current_alias_version,
+    load_predictor,
     load_pyfunc,
     log_model,
     promote,
+    register_model,
     resolve_builder,
     save_weights,
 )
@@ -57,6 +63,8 @@ def _assert_no_pickles(folder: Path) -> None:
     names = {p.name for p in files}
     assert {"weights.safetensors", "config.json", "MLmodel"} <= names
     assert "python_model.pkl" not in names
+    # No code is stored with a model: MLflow imports the installed loader module.
+    assert not [p for p in files if p.suffix in (".py", ".pyc")], files
 
 
 # --------------------------------------------------------------------------- builders
@@ -127,12 +135,20 @@ def test_log_register_load_promote_embedded(workdir: Path, tmp_path: Path) -> No
             mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "m"))
         )
     _assert_no_pickles(local)
-    cfg = json.loads((local / "artifacts" / "config.json").read_text())
+    cfg = json.loads((local / "data" / "clinfuse" / "config.json").read_text())
     assert cfg["builder"] == REFERENCE_BUILDER and cfg["config"]["features"] == FEATURES
     mlmodel = (local / "MLmodel").read_text()
-    # A model from code: MLflow's code loader, no pickled python_model entry.
-    assert "loader_module: mlflow.pyfunc.loaders.code_model" in mlmodel
-    assert "model_code_path" in mlmodel and "python_model:" not in mlmodel
+    # An installed loader module, no stored entry file, no pickled python_model.
+    assert "loader_module: registry.model_format" in mlmodel
+    assert "model_code_path" not in mlmodel and "python_model" not in mlmodel
+    # The input example was given; the signature comes from the builder's example_io hook.
+    assert info.signature is not None
+    assert [c.name for c in info.signature.inputs.inputs] == FEATURES
+    assert (local / "input_example.json").exists()
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(uri).get_model_version("ref_lin", "1").tags
+    assert len(tags[WEIGHTS_TAG]) == 64 and len(tags[CONFIG_TAG]) == 64
 
     loaded = load_pyfunc("models:/ref_lin@challenger", tracking_uri=uri)
     pd.testing.assert_frame_equal(loaded.predict(df), expected, check_dtype=False)
@@ -165,6 +181,96 @@ def test_degraded_tracker_spools_model_and_replay_uploads_it(workdir: Path) -> N
     (run_id,) = replay_spool(tr.spool_dir, target)
     loaded = load_pyfunc(f"runs:/{run_id}/model", tracking_uri=target)
     pd.testing.assert_frame_equal(loaded.predict(df), pred.predict_dataframe(df), check_dtype=False)
+    # Registered by hand afterwards, it is still verified: the hashes were spooled as run tags.
+    register_model(f"runs:/{run_id}/model", "spooled_lin", tracking_uri=target)
+    got, name, version = load_predictor("models:/spooled_lin@challenger", target)
+    assert (name, version) == ("spooled_lin", "1")
+    pd.testing.assert_frame_equal(
+        got.predict_dataframe(df), pred.predict_dataframe(df), check_dtype=False
+    )
+
+
+# --------------------------------------------------------------------------- integrity
+def _registered(workdir: Path, name: str) -> tuple[str, Path, pd.DataFrame]:
+    """Register the reference model in an embedded store; (uri, model folder, expected)."""
+    pred, df = _predictor(5), _frame()
+    with Tracker("integrity", name, workdir=workdir) as tr:
+        log_model(tr, pred.model.state_dict(), {"features": FEATURES}, registered_name=name)
+    (folder,) = {p.parent for p in (workdir / "mlartifacts").rglob("MLmodel")}
+    return tr.tracking_uri, folder, pred.predict_dataframe(df)
+
+
+def test_load_predictor_ignores_stored_code_and_mlmodel(workdir: Path) -> None:
+    uri, folder, expected = _registered(workdir, "tamper_code")
+    marker = workdir / "stored-code-ran"
+    # An attacker with write access to the artifact store adds an entry file and points
+    # MLmodel at it (MLflow's "model from code" loader would execute it) and at a pickle.
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    (folder / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    loader_module: mlflow.pyfunc.loaders.code_model\n"
+        "    model_code_path: evil.py\n    python_model: python_model.pkl\n"
+    )
+    pred, name, version = load_predictor("models:/tamper_code@challenger", uri)
+    assert not marker.exists() and (name, version) == ("tamper_code", "1")
+    pd.testing.assert_frame_equal(pred.predict_dataframe(_frame()), expected, check_dtype=False)
+
+
+@pytest.mark.parametrize("fname", ["weights.safetensors", "config.json"])
+def test_load_predictor_refuses_changed_files(workdir: Path, fname: str) -> None:
+    uri, folder, _ = _registered(workdir, "tamper_files")
+    target = folder / "data" / "clinfuse" / fname
+    if fname == "config.json":  # a plausible edit: still valid JSON, other features
+        target.write_text(target.read_text().replace("lab_b", "lab_c"))
+    else:  # same size, one byte of a tensor changed
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 0xFF
+        target.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError) as err:
+        load_predictor("models:/tamper_files@challenger", uri)
+    msg = str(err.value)
+    assert isinstance(err.value, ClinfuseError) and "\n" not in msg
+    assert "tamper_files v1" in msg and fname in msg and "SHA-256" in msg
+
+
+def test_load_predictor_refuses_a_version_without_recorded_hashes(workdir: Path) -> None:
+    """A version registered by plain MLflow (no clinfuse hash tags) is not trusted."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri, _, _ = _registered(workdir, "no_hash")
+    client = MlflowClient(uri)
+    mv = client.get_model_version("no_hash", "1")
+    with using_tracking_uri(uri):
+        bare = mlflow.register_model(mv.source, "no_hash_copy")
+    client.set_registered_model_alias("no_hash_copy", "champion", bare.version)
+    # The copy still finds the LoggedModel's tags (the tracking DB), so it loads...
+    load_predictor("models:/no_hash_copy@champion", uri)
+    # ...but not once no tag is left anywhere in the tracking DB.
+    model_id = mv.source.removeprefix("models:/")
+    for tag in (WEIGHTS_TAG, CONFIG_TAG):
+        client.delete_logged_model_tag(model_id, tag)
+        client.delete_model_version_tag("no_hash", "1", tag)
+    with pytest.raises(ModelIntegrityError, match="no recorded file hashes"):
+        load_predictor("models:/no_hash_copy@champion", uri)
+
+
+def test_importing_registry_turns_mlflow_pickle_loading_off() -> None:
+    code = (
+        "import registry, mlflow\n"
+        "from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION as v\n"
+        "print(v.get())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"
 
 
 # --------------------------------------------------------------------------- real server
