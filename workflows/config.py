@@ -3,16 +3,21 @@
 ``load_config("tiny")`` reads ``configs/tiny.yaml``; a path to a YAML file works too. A
 recipe may name a ``base`` recipe it extends. Values from ``--set`` are parsed as YAML
 scalars (``train.lr=3e-4``, ``cohort.modalities.ct.spec.size=[32,32,32]``).
+
+``null`` over a section removes it, in a recipe over its base as in ``--set``: a cohort
+without MRI is ``--set cohort.modalities.mri=null`` (or ``mri: null`` under
+``cohort.modalities`` in a recipe with ``base: default``); ``select_modalities`` turns
+``--modalities ct,note`` into those overrides.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fusion.config import ModelConfig
 from fusion.train import TrainConfig
@@ -52,6 +57,23 @@ class ServeSettings(BaseModel):
     workdir: str | None = None
     model: str = "models:/clinfuse@champion"
     db_url_env: str = "CLINFUSE_DB_URL"
+    # At most this many runs of each deployment at once; a nightly run that is still busy
+    # when the next one is due makes the new one cancel itself ("cancel_new") or wait.
+    concurrency_limit: int = Field(1, ge=1)
+    on_overlap: Literal["cancel_new", "enqueue"] = "cancel_new"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {v!r}; use an IANA name like 'Europe/Berlin' or 'UTC'"
+            ) from None
+        return v
 
     def folders(self) -> dict[str, str]:
         """Resolved drop, notes and work folders."""
@@ -99,9 +121,15 @@ def _find(name_or_path: str) -> Path:
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge; ``None`` over a section (a mapping) removes it."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if v is None and isinstance(out.get(k), dict):
+            out.pop(k)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
     return out
 
 
@@ -137,17 +165,51 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = value
+        if value is None and isinstance(node.get(leaf), dict):
+            node.pop(leaf)  # null removes a section (e.g. a modality the manifest lacks)
+        else:
+            node[leaf] = value
     return data
+
+
+def select_modalities(
+    name_or_path: str, overrides: list[str] | None, modalities: list[str] | str | None
+) -> list[str]:
+    """``overrides`` plus ``cohort.modalities.X=null`` for each entry not in ``modalities``.
+
+    ``modalities`` is a list or a comma-separated string (``ct,note``); None keeps all.
+    Unknown names are an error listing the recipe's entries.
+    """
+    overrides = list(overrides or [])
+    if modalities is None:
+        return overrides
+    wanted = [
+        m.strip()
+        for m in (modalities.split(",") if isinstance(modalities, str) else modalities)
+        if m.strip()
+    ]
+    data = apply_overrides(_read(name_or_path), overrides)
+    have = sorted((data.get("cohort") or {}).get("modalities") or {})
+    unknown = sorted(set(wanted) - set(have))
+    if not wanted or unknown:
+        raise ConfigError(
+            f"--modalities {','.join(wanted) or '(empty)'}: "
+            + (f"{', '.join(unknown)} not in" if unknown else "name at least one of")
+            + f" config {name_or_path!r}'s modalities ({', '.join(have)})"
+        )
+    return overrides + [f"cohort.modalities.{m}=null" for m in have if m not in wanted]
 
 
 def load_config(name_or_path: str = "default", overrides: list[str] | None = None) -> Config:
     """Read a recipe, apply overrides, validate; errors name the bad key."""
     data = apply_overrides(_read(name_or_path), overrides or [])
+    mods = (data.get("cohort") or {}).get("modalities")
+    if isinstance(mods, dict):  # "mri: null" in a recipe without a base: nothing to remove
+        data["cohort"]["modalities"] = {k: v for k, v in mods.items() if v is not None}
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        lines = [
-            f"  {'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
-        ]
-        raise ConfigError(f"config {name_or_path!r} is invalid:\n" + "\n".join(lines)) from None
+        problems = [
+            f"{'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
+        ]  # one line: the CLI prints user errors as a single line
+        raise ConfigError(f"config {name_or_path!r} is invalid: " + "; ".join(problems)) from None

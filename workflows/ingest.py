@@ -20,7 +20,10 @@ from modalities.ingest import (  # noqa: E402
 )
 from modalities.pseudonym import Pseudonymizer  # noqa: E402
 from workflows.config import load_config  # noqa: E402
-from workflows.runtime import task_runner  # noqa: E402
+from workflows.progress import reporter  # noqa: E402
+from workflows.runtime import quiet_user_errors, task_runner  # noqa: E402
+
+quiet_user_errors(console=False)
 
 
 @task(name="ingest-chunk", retries=1, retry_delay_seconds=2)
@@ -73,6 +76,7 @@ def ingest_flow(
         )
         for rows in plan.chunks
     ]
+    _show_progress(futures, manifest_path, cfg.cohort)
     outcomes = [o for f in futures for o in f.result()]
     summary = write_prepared_task(out, outcomes, cohort, key_id)
     logger.info(
@@ -81,6 +85,27 @@ def ingest_flow(
         summary["computed"], summary["cached"],
     )
     return summary
+
+
+def _show_progress(futures: list[Any], manifest: Path, cohort: CohortConfig) -> None:
+    """Advance the CLI's ingest bar by each chunk's inputs as chunks finish (no-op otherwise)."""
+    from prefect.futures import as_completed
+
+    from modalities.ingest import load_manifest
+    from workflows.progress import Reporter
+
+    rep = reporter()
+    if type(rep) is Reporter:
+        return
+    df = load_manifest(manifest)  # cached per process: planning read it already
+    total = int(sum((df[cohort.column(m)] != "").sum() for m in cohort.modalities))
+    rep.start("ingest", "ingest", total)
+    done = 0
+    for f in as_completed(futures):
+        if f.state.is_completed():
+            done += sum(o.inputs for o in f.result())
+            rep.update("ingest", completed=done, info="inputs")
+    rep.finish("ingest", info=f"{done} inputs")
 
 
 def run_ingest(

@@ -17,7 +17,9 @@ configure_runtime()
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 
-from workflows.runtime import task_runner  # noqa: E402
+from workflows.runtime import quiet_user_errors, task_runner  # noqa: E402
+
+quiet_user_errors(console=False)
 
 DEFAULT_MODEL = "models:/clinfuse@champion"
 
@@ -30,11 +32,13 @@ def score_shard(
     """Score one prepared cohort (or shard view); resumable, so a retry finishes the rest."""
     from fusion.scoring import score_cohort
     from registry.model import load_predictor
+    from workflows.progress import counter
 
     predictor, name, version = load_predictor(model, tracking_uri)
     summary = score_cohort(
         Path(prepared), predictor, Path(out), name, version, batch_size=batch_size,
         db_url=db_url, reference=predictor.config.get("reference"),
+        progress=counter(f"score:{Path(prepared).name}", "score", "patients"),
     )
     return summary.to_dict()
 
