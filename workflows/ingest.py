@@ -102,9 +102,11 @@ def _show_progress(futures: list[Any], manifest: Path, cohort: CohortConfig) -> 
     rep.start("ingest", "ingest", total)
     done = 0
     for f in as_completed(futures):
-        if f.state.is_completed():
+        try:
             done += sum(o.inputs for o in f.result())
-            rep.update("ingest", completed=done, info="inputs")
+        except Exception:  # a failed chunk: the result() below raises it
+            continue
+        rep.update("ingest", completed=done, info="inputs")
     rep.finish("ingest", info=f"{done} inputs")
 
 

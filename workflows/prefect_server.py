@@ -75,9 +75,9 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    """True when ``pid`` runs the Prefect API app (not a recycled PID of something else)."""
+    """True when ``pid`` runs the Prefect API app (not a recycled PID, not a zombie)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # empty for a zombie
     except OSError:
         try:
             os.kill(pid, 0)
