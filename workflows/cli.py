@@ -91,13 +91,13 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _start_flows() -> None:
     """Before a flow's module is imported: reuse (or start) the local Prefect server and
     keep user errors raised inside flows to one line (the CLI prints them once)."""
+    from workflows.runtime import configure_runtime
+
+    configure_runtime()  # Prefect's settings (analytics off, timeouts) reach the server too
     from workflows.prefect_server import ensure_server
 
     ensure_server()
-    from workflows.runtime import configure_runtime
-
-    configure_runtime()
-    import prefect  # noqa: F401  (configures Prefect's logging, which the filters attach to)
+    from prefect import flow  # noqa: F401  (sets up Prefect's logging: the filters attach)
 
     from workflows.runtime import quiet_user_errors
 

@@ -217,7 +217,15 @@ def ensure_server(timeout: float | None = None) -> str | None:
     timeout = timeout or float(
         os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     )
-    with _locked(home):
+    try:
+        lock = _locked(home)
+        lock.__enter__()
+    except OSError as err:
+        raise ServerError(
+            f"cannot use PREFECT_HOME {home} ({err.strerror}); point "
+            "PREFECT_HOME at a writable folder"
+        ) from None
+    try:
         state = read_state(home)
         usable = (
             state is not None
@@ -229,6 +237,8 @@ def ensure_server(timeout: float | None = None) -> str | None:
             if state is not None and _alive(int(state["pid"])):
                 _terminate(int(state["pid"]))  # an older Prefect's server, or hung
             state = _start(home, timeout)
+    finally:
+        lock.__exit__(None, None, None)
     os.environ["PREFECT_API_URL"] = state["url"]
     return state["url"]
 
