@@ -210,11 +210,13 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate, de-identify, preprocess and cache a manifest into a prepared cohort."""
+    from workflows.recipes import select_modalities
+
+    overrides = select_modalities(config, set_, modalities)  # YAML only: no torch yet
     from modalities.pseudonym import Pseudonymizer
     from workflows import checks
-    from workflows.config import load_config, select_modalities
+    from workflows.config import load_config
 
-    overrides = select_modalities(config, set_, modalities)
     cfg = load_config(config, overrides)
     checks.manifest(manifest, cfg.cohort)
     if data_root is not None:
@@ -252,11 +254,13 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train fusion variants (and unimodal baselines) and track them in MLflow."""
+    from workflows.recipes import select_modalities
+
+    overrides = select_modalities(config, set_, modalities)  # YAML only: no torch yet
     from workflows import checks
-    from workflows.config import load_config, select_modalities
+    from workflows.config import load_config
 
     checks.at_least("--ddp", ddp, 0)
-    overrides = select_modalities(config, set_, modalities)
     cfg = load_config(config, overrides)
     checks.prepared_folder(prepared)
     from workflows.runtime import configure_runtime
@@ -442,7 +446,7 @@ DEMO_MIN_PATIENTS = 20
 @app.command(name="configs")
 def list_configs(as_json: JsonOpt = False) -> None:
     """List the shipped config recipes."""
-    from workflows.config import available_configs
+    from workflows.recipes import available_configs
 
     names = available_configs()
     if as_json:

@@ -1,5 +1,8 @@
 """Typed configuration: one small YAML per named recipe, CLI ``--set key=value`` overrides.
 
+Reading and merging the YAML lives in ``workflows.recipes`` (no torch); this module adds
+the typed models, which import the model core.
+
 ``load_config("tiny")`` reads ``configs/tiny.yaml``; a path to a YAML file works too. A
 recipe may name a ``base`` recipe it extends. Values from ``--set`` are parsed as YAML
 scalars (``train.lr=3e-4``, ``cohort.modalities.ct.spec.size=[32,32,32]``).
@@ -12,22 +15,22 @@ without MRI is ``--set cohort.modalities.mri=null`` (or ``mri: null`` under
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fusion.config import ModelConfig
 from fusion.train import TrainConfig
 from modalities.cohort import CohortConfig
 from modalities.errors import ConfigError
-
-CONFIG_DIRS = [
-    Path(__file__).resolve().parents[1] / "configs",
-    Path(sys.prefix) / "share" / "clinfuse" / "configs",
-]
+from workflows.recipes import (  # noqa: F401  (re-exported: the recipe API lives here too)
+    CONFIG_DIRS,
+    apply_overrides,
+    available_configs,
+    read_recipe,
+    select_modalities,
+)
 
 
 class IngestSettings(BaseModel):
@@ -100,109 +103,9 @@ class Config(BaseModel):
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
 
-def available_configs() -> list[str]:
-    """Names of the shipped recipes."""
-    return sorted({p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.yaml")})
-
-
-def _find(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        return p
-    for d in CONFIG_DIRS:
-        if (d / f"{name_or_path}.yaml").is_file():
-            return d / f"{name_or_path}.yaml"
-    raise ConfigError(
-        f"unknown config {name_or_path!r}; valid names: {', '.join(available_configs())} "
-        "(or pass a path to a .yaml file)"
-    )
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge; ``None`` over a section (a mapping) removes it."""
-    out = dict(base)
-    for k, v in over.items():
-        if v is None and isinstance(out.get(k), dict):
-            out.pop(k)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _read(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    path = _find(name_or_path)
-    if str(path) in seen:
-        raise ConfigError(f"config {path} extends itself through 'base'")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level")
-    base = data.pop("base", None)
-    data.setdefault("name", path.stem)
-    return _merge(_read(base, (*seen, str(path))), data) if base else data
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars/lists)."""
-    data = _merge({}, data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key.path=value")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(f"override {item!r}: value is not valid YAML") from None
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        if value is None and isinstance(node.get(leaf), dict):
-            node.pop(leaf)  # null removes a section (e.g. a modality the manifest lacks)
-        else:
-            node[leaf] = value
-    return data
-
-
-def select_modalities(
-    name_or_path: str, overrides: list[str] | None, modalities: list[str] | str | None
-) -> list[str]:
-    """``overrides`` plus ``cohort.modalities.X=null`` for each entry not in ``modalities``.
-
-    ``modalities`` is a list or a comma-separated string (``ct,note``); None keeps all.
-    Unknown names are an error listing the recipe's entries.
-    """
-    overrides = list(overrides or [])
-    if modalities is None:
-        return overrides
-    wanted = [
-        m.strip()
-        for m in (modalities.split(",") if isinstance(modalities, str) else modalities)
-        if m.strip()
-    ]
-    data = apply_overrides(_read(name_or_path), overrides)
-    have = sorted((data.get("cohort") or {}).get("modalities") or {})
-    unknown = sorted(set(wanted) - set(have))
-    if not wanted or unknown:
-        raise ConfigError(
-            f"--modalities {','.join(wanted) or '(empty)'}: "
-            + (f"{', '.join(unknown)} not in" if unknown else "name at least one of")
-            + f" config {name_or_path!r}'s modalities ({', '.join(have)})"
-        )
-    return overrides + [f"cohort.modalities.{m}=null" for m in have if m not in wanted]
-
-
 def load_config(name_or_path: str = "default", overrides: list[str] | None = None) -> Config:
     """Read a recipe, apply overrides, validate; errors name the bad key."""
-    data = apply_overrides(_read(name_or_path), overrides or [])
+    data = apply_overrides(read_recipe(name_or_path), overrides or [])
     mods = (data.get("cohort") or {}).get("modalities")
     if isinstance(mods, dict):  # "mri: null" in a recipe without a base: nothing to remove
         data["cohort"]["modalities"] = {k: v for k, v in mods.items() if v is not None}

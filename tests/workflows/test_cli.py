@@ -234,3 +234,16 @@ def test_version_and_configs_json() -> None:
     assert r.exit_code == 0 and r.output.startswith("clinfuse ")
     r = CliRunner().invoke(app, ["configs", "--json"])
     assert r.exit_code == 0 and {"default", "tiny"} <= set(json.loads(r.output))
+
+
+def test_listing_recipes_and_an_unknown_recipe_do_not_import_torch() -> None:
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom workflows.cli import app\n"
+        "r = CliRunner().invoke(app, ['configs'])\nassert r.exit_code == 0, r.output\n"
+        "r = CliRunner().invoke(app, ['train', 'p', '--config', 'nope'])\n"
+        "assert r.exit_code == 2 and 'unknown config' in r.output, r.output\n"
+        "print(sorted(m for m in ('torch', 'prefect', 'mlflow') if m in sys.modules))"
+    )
+    res = _run(code)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
