@@ -37,8 +37,27 @@ def resolve_model_version(
 ) -> tuple[str, str]:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> ``(name, version)``."""
     uri = require_store(tracking_uri, workdir)
+    from registry.tracking import _redact, is_unavailable_error, short_http_limits
+
+    try:
+        with short_http_limits(15, 1):  # a dead server: seconds, not MLflow's 7 retries
+            return _resolve(model_uri, uri)
+    except ConfigError:
+        raise
+    except Exception as err:
+        if is_unavailable_error(err):
+            raise ConfigError(
+                f"the MLflow tracking server at {_redact(uri)} does not answer; start it or "
+                "check MLFLOW_TRACKING_URI"
+            ) from None
+        raise
+
+
+def _resolve(model_uri: str, uri: str) -> tuple[str, str]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from registry.tracking import is_unavailable_error
 
     ref = model_uri.removeprefix("models:/")
     name, at, alias = ref.partition("@")
@@ -46,22 +65,25 @@ def resolve_model_version(
         name, _, version = ref.partition("/")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        names = sorted(m.name for m in client.search_registered_models(max_results=200))
-    except MlflowException:
-        names = []
-    if names and name not in names:
-        raise ConfigError(f"no registered model {name!r}; registered: {', '.join(names)}")
+        aliases = sorted(client.get_registered_model(name).aliases)
+    except MlflowException as err:
+        if is_unavailable_error(err):
+            raise
+        names = sorted(m.name for m in client.search_registered_models(max_results=20))
+        raise ConfigError(
+            f"no registered model {name!r}"
+            + (f"; registered: {', '.join(names)}" if names else "; nothing is registered there")
+            + " (train with --register NAME)"
+        ) from None
     try:
         if at:
             return name, str(client.get_model_version_by_alias(name, alias).version)
         client.get_model_version(name, version)
         return name, version
-    except MlflowException:
+    except MlflowException as err:
+        if is_unavailable_error(err):
+            raise
         if at:
-            try:
-                aliases = sorted(client.get_registered_model(name).aliases)
-            except MlflowException:
-                aliases = []
             raise ConfigError(
                 f"model {name!r} has no alias {alias!r}"
                 + (f"; its aliases: {', '.join(aliases)}" if aliases else "; it has none")

@@ -247,3 +247,14 @@ def test_listing_recipes_and_an_unknown_recipe_do_not_import_torch() -> None:
     res = _run(code)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_score_against_a_dead_tracking_server_says_so(
+    small_prepared: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from tests.servers import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    _fails_in_one_line(
+        ["score", str(small_prepared), "--out", str(tmp_path / "pred")], "does not answer"
+    )
