@@ -127,12 +127,12 @@ def train(prepared: Path, cfg: Any, fusions: list[str], baselines: bool) -> dict
             f"--modalities {','.join(have)} (or ingest with a config that includes them)"
         )
     plan_variants(sorted(cohort.mods), fusions, baselines)
-    _encoders(cohort.mods)
     import warnings
 
     with warnings.catch_warnings():  # the run repeats split warnings; here only errors count
         warnings.simplefilter("ignore")
         rows = split_cohort(cohort, cfg.train)  # "the val split is empty" and friends
+    _encoders(cohort.mods)  # last: a text encoder imports transformers (seconds)
     return {str(k): int(v) for k, v in rows["split"].value_counts().items()}
 
 

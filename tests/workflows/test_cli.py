@@ -109,7 +109,16 @@ def _fails_in_one_line(args: list[str], expect: str) -> str:
         (["--fusion", "no_such_fusion"], "unknown fusion strategy 'no_such_fusion'; valid names"),
         (["--config", "nope"], "unknown config 'nope'; valid names"),
         (["--set", "model.head.name=nope"], "unknown head 'nope'; valid names"),
-        (["--set", "cohort.modalities.ct.encoder.name=nope"], "unknown volume encoder 'nope'"),
+        (
+            # Checked after the split (text encoders import transformers): 2/1/1 patients.
+            [
+                "--set",
+                "cohort.modalities.ct.encoder.name=nope",
+                "--set",
+                "train.split_fractions=[0.5,0.25,0.25]",
+            ],
+            "unknown volume encoder 'nope'",
+        ),
         (["--set", "train.max_epochs=0"], "train.max_epochs"),
         (["--fusion", "concat"], "the val split is empty"),
         (["--modalities", "ct,pet"], "pet not in config"),
