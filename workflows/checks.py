@@ -51,10 +51,10 @@ def prepared_folder(path: Path) -> Path:
 
 def manifest(path: Path, cohort: Any) -> None:
     """The manifest exists, parses, and has the ID column and every configured modality."""
-    from modalities.cohort import read_manifest
+    from modalities.ingest import load_manifest
 
     existing_file("manifest", path)
-    df = read_manifest(Path(path))
+    df = load_manifest(Path(path))  # cached per process: the flow's planning reuses it
     cols = set(df.columns)
     if cohort.id_column not in cols:
         raise ConfigError(
