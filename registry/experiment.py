@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,8 +215,18 @@ def train_one(
     resolved_config: dict[str, Any],
     parent: Tracker,
     register: str | None,
+    on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
 ) -> VariantRun:
-    """Train one variant in a child run and log everything about it."""
+    """Train one variant in a child run and log everything about it.
+
+    ``on_epoch(variant, epoch, metrics)`` also receives every epoch's metrics (progress).
+    """
+
+    def epoch_done(epoch: int, metrics: dict[str, float]) -> None:
+        tracker.log_metrics(metrics, step=epoch)
+        if on_epoch is not None:
+            on_epoch(variant.name, epoch, metrics)
+
     chash = cohort_hash(cohort.root)
     with parent.child(variant.name, tags={"clinfuse.variant": variant.name}) as tracker:
         tracker.log_params(
@@ -234,7 +245,7 @@ def train_one(
             variant,
             model_cfg,
             train_cfg,
-            on_epoch=lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch),
+            on_epoch=epoch_done,
         )
         tracker.log_metrics(
             {
@@ -313,11 +324,13 @@ def run_experiment(
     register: str | None = None,
     tracking_uri: str | None = None,
     workdir: Path = Path("."),
+    on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train every variant on one shared split under one parent run; return a summary.
 
     With ``register``, every variant becomes a version of that registered model and the
-    best one by validation metric gets alias ``challenger``.
+    best one by validation metric gets alias ``challenger``. ``on_epoch(variant, epoch,
+    metrics)`` sees every epoch's metrics as they are logged (the CLI's progress bars).
     """
     cohort = PreparedCohort(prepared, cohort_cfg)
     rows = split_cohort(cohort, train_cfg)
@@ -337,7 +350,8 @@ def run_experiment(
         for v in variants:
             log.info("training %s", v.name)
             runs.append(
-                train_one(cohort, rows, v, model_cfg, train_cfg, resolved_config, parent, register)
+                train_one(cohort, rows, v, model_cfg, train_cfg, resolved_config, parent, register,
+                          on_epoch)
             )
         table = pd.DataFrame(_variant_records(runs))
         parent.log_table(table, "variants")

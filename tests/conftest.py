@@ -10,6 +10,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "false")
+# CLI subprocesses start their own ephemeral Prefect server (nothing outlives a test); the
+# tests of the shared server opt in with their own PREFECT_HOME and stop it by PID.
+os.environ.setdefault("CLINFUSE_PREFECT_SERVER", "ephemeral")
 
 import tempfile
 
@@ -35,6 +38,15 @@ from tests.servers import (  # noqa: E402
     sqlite_uri,
     start_mlflow_server,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_shared_prefect_server_left() -> Iterator[None]:
+    """Safety net: stop a shared Prefect server left under the session's PREFECT_HOME."""
+    yield
+    from workflows.prefect_server import stop_server
+
+    stop_server()
 
 
 @pytest.fixture(scope="session")

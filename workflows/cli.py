@@ -1,7 +1,10 @@
 """The ``clinfuse`` command line. Imports stay light here: ``clinfuse --help`` must be quick.
 
-Every command imports its flow lazily; user-caused errors (``ClinfuseError``) print one
-clear line and exit with code 2, bugs keep their traceback.
+Every command checks what it can before a flow starts (``workflows.checks``: names, paths,
+model URIs, split sizes, manifest columns), then points Prefect at the shared local server
+(``workflows.prefect_server``) and imports its flow lazily. User-caused errors
+(``ClinfuseError``) print one line and exit with code 2, bugs keep their traceback. Long
+commands draw progress on stderr (``workflows.progress``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,40 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key: key.path=value.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+ModalitiesOpt = Annotated[
+    str | None,
+    typer.Option("--modalities", help="Keep only these modalities of the config, e.g. ct,note."),
+]
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Progress on stderr (default: on a terminal, off with --json).",
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"clinfuse {version('clinfuse')}")
+        except PackageNotFoundError:  # a source checkout that was never installed
+            typer.echo("clinfuse (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Clinical multimodal diagnosis workflows: ingest DICOM/NIfTI + notes, fuse, track."""
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,10 +79,35 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except ClinfuseError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False)
+            # One line whatever the terminal width (rich would wrap it).
+            text = " ".join(str(err).split())
+            sys.stderr.write(f"error: {text}\n")
+            sys.stderr.flush()
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _start_flows() -> None:
+    """Before a flow's module is imported: reuse (or start) the local Prefect server and
+    keep user errors raised inside flows to one line (the CLI prints them once)."""
+    from workflows.runtime import configure_runtime
+
+    configure_runtime()  # Prefect's settings (analytics off, timeouts) reach the server too
+    from workflows.prefect_server import ensure_server
+
+    ensure_server()
+    from prefect import flow  # noqa: F401  (sets up Prefect's logging: the filters attach)
+
+    from workflows.runtime import quiet_user_errors
+
+    quiet_user_errors()
+
+
+def _progress(flag: bool | None, as_json: bool) -> Any:
+    from workflows.progress import make_reporter, use
+
+    return use(make_reporter(flag, as_json))
 
 
 def _stdout_for(as_json: bool) -> Any:
@@ -85,6 +147,11 @@ def synth(
     """Write a synthetic CT (DICOM) + MRI (NIfTI) + notes cohort with fake PHI and a manifest."""
     from pydantic import ValidationError
 
+    from workflows import checks
+
+    checks.at_least("--patients", patients, 1)
+    checks.at_least("--bad-inputs", bad_inputs, 0)
+
     from modalities.errors import ConfigError
     from modalities.synth import SynthConfig, synth_cohort
 
@@ -96,9 +163,15 @@ def synth(
     with _stdout_for(as_json):
         res = synth_cohort(out, patients=patients, seed=seed, bad_inputs=bad_inputs, config=cfg)
     _emit(
-        {"out": str(out), "manifest": str(Path(out) / "manifest.csv"), "patients": patients,
-         "bad_inputs": bad_inputs, "seconds": round(getattr(res, "seconds", 0.0), 2)},
-        as_json, "synthetic cohort",
+        {
+            "out": str(out),
+            "manifest": str(Path(out) / "manifest.csv"),
+            "patients": patients,
+            "bad_inputs": bad_inputs,
+            "seconds": round(getattr(res, "seconds", 0.0), 2),
+        },
+        as_json,
+        "synthetic cohort",
     )
 
 
@@ -111,6 +184,11 @@ def index(
     as_json: JsonOpt = False,
 ) -> None:
     """Scan a DICOM drop (headers only), pick one series per modality, join notes."""
+    from workflows import checks
+
+    checks.existing_dir("DICOM root", dicom_root)
+    if notes is not None:
+        checks.existing_file("notes export", notes)
     from modalities.dicom_index import index_dicom, write_manifest
 
     with _stdout_for(as_json):
@@ -118,9 +196,14 @@ def index(
         write_manifest(res, out)
     reasons = res.skipped["reason"].value_counts().to_dict() if len(res.skipped) else {}
     _emit(
-        {"patients": len(res.manifest), "manifest": str(out), "skipped": len(res.skipped),
-         "skipped_reasons": reasons},
-        as_json, "DICOM index",
+        {
+            "patients": len(res.manifest),
+            "manifest": str(out),
+            "skipped": len(res.skipped),
+            "skipped_reasons": reasons,
+        },
+        as_json,
+        "DICOM index",
     )
 
 
@@ -137,13 +220,29 @@ def ingest(
     dask: Annotated[
         str | None, typer.Option(help="Dask scheduler address, or 'local' for a LocalCluster.")
     ] = None,
+    modalities: ModalitiesOpt = None,
+    progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate, de-identify, preprocess and cache a manifest into a prepared cohort."""
+    from workflows.recipes import select_modalities
+
+    overrides = select_modalities(config, set_, modalities)  # YAML only: no torch yet
+    from modalities.pseudonym import Pseudonymizer
+    from workflows import checks
+    from workflows.config import load_config
+
+    cfg = load_config(config, overrides)
+    checks.manifest(manifest, cfg.cohort)
+    if data_root is not None:
+        checks.existing_dir("--data-root", data_root)
+    Pseudonymizer.from_env()
+    cfg.cohort.build()  # unknown modality types and bad specs
+    _start_flows()
     from workflows.ingest import run_ingest
 
-    with _stdout_for(as_json):
-        summary = run_ingest(manifest, out, config, set_, data_root, dask)
+    with _stdout_for(as_json), _progress(progress, as_json):
+        summary = run_ingest(manifest, out, config, overrides, data_root, dask)
     _emit(summary, as_json, "ingest")
 
 
@@ -165,15 +264,41 @@ def train(
     ddp: Annotated[
         int, typer.Option(help="Train each variant with torchrun/DDP on N processes (GPUs).")
     ] = 0,
+    modalities: ModalitiesOpt = None,
+    progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train fusion variants (and unimodal baselines) and track them in MLflow."""
+    from workflows.recipes import select_modalities
+
+    overrides = select_modalities(config, set_, modalities)  # YAML only: no torch yet
+    from workflows import checks
+    from workflows.config import load_config
+
+    checks.at_least("--ddp", ddp, 0)
+    cfg = load_config(config, overrides)
+    checks.prepared_folder(prepared)
+    from workflows.runtime import configure_runtime
+
+    configure_runtime()  # offline and quiet before torch/transformers load for the checks
+    checks.train(
+        prepared, cfg, fusion if fusion is not None else [cfg.model.fusion.name], baselines
+    )
+    _start_flows()
     from workflows.train import train_flow
 
-    with _stdout_for(as_json):
+    with _stdout_for(as_json), _progress(progress, as_json):
         summary = train_flow(
-            str(prepared), config, set_, fusion, baselines, experiment, register, None,
-            str(workdir), ddp,
+            str(prepared),
+            config,
+            overrides,
+            fusion,
+            baselines,
+            experiment,
+            register,
+            None,
+            str(workdir),
+            ddp,
         )
     if as_json:
         _emit(summary, True, "train")
@@ -225,6 +350,9 @@ def compare(
         from modalities.errors import ConfigError
 
         raise ConfigError("--force only applies with --promote NAME; add --promote or drop it")
+    from registry.lookup import require_store
+
+    require_store(None, workdir)
     from workflows.compare import run_compare
 
     with _stdout_for(as_json):
@@ -254,19 +382,40 @@ def score(
         None
     ),
     workdir: Annotated[Path, typer.Option(help="Local MLflow store folder.")] = Path("."),
+    progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score a prepared cohort with a registered model; exactly once, resumable."""
+    from workflows import checks
+
+    checks.at_least("--batch-size", batch_size, 1)
+    checks.at_least("--shards", shards, 1)
+    checks.prepared_folder(prepared)
+    from workflows.runtime import configure_runtime
+
+    configure_runtime()
+    checks.model_uri(model, None, workdir)
+    _start_flows()
     from workflows.score import run_score
 
-    with _stdout_for(as_json):
+    with _stdout_for(as_json), _progress(progress, as_json):
         summary = run_score(prepared, out, model, db_url, workdir, batch_size, dask, shards)
     if as_json:
         _emit(summary, True, "score")
         return
-    brief = {k: summary[k] for k in ("model_name", "model_version", "eligible", "scored_now",
-                                      "already_scored", "skipped_by_reason", "predictions_path",
-                                      "mlflow_run_id")}
+    brief = {
+        k: summary[k]
+        for k in (
+            "model_name",
+            "model_version",
+            "eligible",
+            "scored_now",
+            "already_scored",
+            "skipped_by_reason",
+            "predictions_path",
+            "mlflow_run_id",
+        )
+    }
     _emit(brief, False, "score")
 
 
@@ -277,6 +426,9 @@ def serve(
     set_: SetOpt = None,
 ) -> None:
     """Serve the nightly pipeline (cron from config) and on-demand scoring via Prefect."""
+    from workflows.config import load_config
+
+    load_config(config, set_)  # bad keys, cron time zone: before Prefect starts
     from workflows.serve import serve as run_serve
 
     run_serve(config, set_)
@@ -290,20 +442,93 @@ def demo(
     ),
     patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 60,
     seed: int = 0,
+    progress: ProgressOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """End to end on embedded defaults: synth -> ingest (and later stages), with a summary."""
+    """End to end on embedded defaults: synth -> ingest -> train -> compare -> score."""
+    from workflows import checks
+
+    # Fewer patients leave a split empty (70/15/15 of the good ones; 4 more are bad inputs).
+    checks.at_least("--patients", patients, DEMO_MIN_PATIENTS)
     from workflows.demo import run_demo
 
-    run_demo(workdir, patients=patients, seed=seed, console=Console())
+    with _stdout_for(as_json), _progress(progress, as_json):
+        results = run_demo(
+            workdir,
+            patients=patients,
+            seed=seed,
+            console=Console(stderr=True) if as_json else Console(),
+        )
+    if as_json:
+        _emit(results, True, "demo")
+
+
+DEMO_MIN_PATIENTS = 20
 
 
 @app.command(name="configs")
-def list_configs() -> None:
+def list_configs(as_json: JsonOpt = False) -> None:
     """List the shipped config recipes."""
-    from workflows.config import available_configs
+    from workflows.recipes import available_configs
 
-    for name in available_configs():
+    names = available_configs()
+    if as_json:
+        sys.stdout.write(json.dumps(names) + "\n")
+        return
+    for name in names:
         typer.echo(name)
+
+
+server_app = typer.Typer(
+    help="The local Prefect server the CLI reuses across commands.", no_args_is_help=True
+)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+@user_errors
+def server_start(as_json: JsonOpt = False) -> None:
+    """Start (or find) this PREFECT_HOME's server; later commands reuse it."""
+    from workflows.prefect_server import ensure_server, mode, server_status
+
+    if mode() != "shared":
+        raise _not_shared(mode())
+    ensure_server()
+    _emit(server_status(), as_json, "prefect server")
+
+
+@server_app.command("stop")
+@user_errors
+def server_stop(as_json: JsonOpt = False) -> None:
+    """Stop this PREFECT_HOME's server (by its PID)."""
+    from workflows.prefect_server import stop_server
+
+    state = stop_server()
+    _emit(
+        {"stopped": state is not None, **({"pid": state["pid"]} if state else {})},
+        as_json,
+        "prefect server",
+    )
+
+
+@server_app.command("status")
+@user_errors
+def server_status_cmd(as_json: JsonOpt = False) -> None:
+    """Show this PREFECT_HOME's server: PID, API URL, whether it answers."""
+    from workflows.prefect_server import server_status
+
+    _emit(server_status(), as_json, "prefect server")
+
+
+def _not_shared(m: str) -> Exception:
+    from modalities.errors import ClinfuseError
+
+    why = (
+        "PREFECT_API_URL points at a server already"
+        if m == "external"
+        else "CLINFUSE_PREFECT_SERVER=ephemeral"
+    )
+    return ClinfuseError(f"no shared local server in this mode: {why}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -26,6 +26,13 @@ def run_demo(
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(workdir / ".prefect"))
+    from workflows.prefect_server import ensure_server
+    from workflows.progress import reporter
+
+    ensure_server()  # one local Prefect server for all stages (and later commands)
+    rep = reporter()
+    stages = ["synth", "ingest", "re-ingest"] + (["train", "compare", "score"] if train else [])
+    rep.start("demo", "demo stages", len(stages))
     results: dict[str, Any] = {}
 
     from modalities.synth import synth_cohort
@@ -34,6 +41,7 @@ def run_demo(
     data = workdir / "synthetic"
     synth_cohort(data, patients=patients, seed=seed, bad_inputs=4)
     results["synth"] = {"patients": patients, "bad_inputs": 4, "folder": str(data)}
+    rep.update("demo", advance=1, info="synth")
     console.print(f"[green]synth[/]   {patients} patients (+4 with planted bad inputs) in "
                   f"{time.perf_counter() - t0:.1f}s -> {data}")
 
@@ -46,6 +54,7 @@ def run_demo(
             data / "manifest.csv", prepared, config="tiny", allow_demo_key=True
         )
         results[attempt] = summary
+        rep.update("demo", advance=1, info=attempt)
         console.print(
             f"[green]{attempt:<8}[/] {summary['inputs']} inputs: {summary['accepted']} accepted, "
             f"{summary['quarantined']} quarantined, {summary['computed']} computed, "
@@ -68,17 +77,20 @@ def run_demo(
         str(prepared), "tiny", None, ["concat", "gated", "cross_attention"], True,
         "clinfuse-demo", MODEL_NAME, tracking, str(workdir),
     )
+    rep.update("demo", advance=1, info="train")
     console.print(f"[green]train[/]    {len(results['train']['variants'])} models "
                   f"(3 fusion + 3 unimodal baselines) in {time.perf_counter() - t0:.0f}s")
     results["compare"] = run_compare(
         "clinfuse-demo", "test_auroc", MODEL_NAME, workdir, console, tracking_uri=tracking
     )
+    rep.update("demo", advance=1, info="compare")
     t0 = time.perf_counter()
     results["score"] = run_score(
         prepared, workdir / "predictions", f"models:/{MODEL_NAME}@champion",
         workdir=workdir, tracking_uri=tracking,
     )
     sc = results["score"]
+    rep.update("demo", advance=1, info="score")
     console.print(
         f"[green]score[/]    {sc['scored_now']} patients scored with {sc['model_name']} "
         f"v{sc['model_version']} ({len(sc['skipped'])} reported as not scorable) in "
@@ -87,7 +99,8 @@ def run_demo(
     console.print(
         "\nOpen the MLflow UI on the demo's store:\n"
         f"  mlflow ui --backend-store-uri {tracking} --port 5000\n"
-        "Prefect runs of this demo (ephemeral server, same PREFECT_HOME):\n"
+        "Prefect runs of this demo, in Prefect's UI (stop the demo's background server first):\n"
+        f"  PREFECT_HOME={os.environ['PREFECT_HOME']} clinfuse server stop\n"
         f"  PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start"
     )
     return results

@@ -31,7 +31,10 @@ from modalities.ingest import (  # noqa: E402
 )
 from modalities.pseudonym import Pseudonymizer  # noqa: E402
 from workflows.config import load_config  # noqa: E402
-from workflows.runtime import task_runner  # noqa: E402
+from workflows.progress import reporter  # noqa: E402
+from workflows.runtime import quiet_user_errors, task_runner  # noqa: E402
+
+quiet_user_errors(console=False)
 
 
 def _not_a_timeout(task: Any, task_run: Any, state: Any) -> bool:
@@ -169,6 +172,7 @@ def ingest_flow(
         cfg.ingest.task_timeout_s,
     )
     futures = [(rows, chunks.submit(rows)) for rows in plan.chunks]
+    _show_progress([f for _, f in futures], manifest_path, cfg.cohort)
     by_row: dict[int, PatientOutcome] = {}
     for rows, f in futures:
         try:
@@ -192,6 +196,29 @@ def ingest_flow(
         summary["cached"],
     )
     return summary
+
+
+def _show_progress(futures: list[Any], manifest: Path, cohort: CohortConfig) -> None:
+    """Advance the CLI's ingest bar by each chunk's inputs as chunks finish (no-op otherwise)."""
+    from prefect.futures import as_completed
+
+    from modalities.ingest import load_manifest
+    from workflows.progress import Reporter
+
+    rep = reporter()
+    if type(rep) is Reporter:
+        return
+    df = load_manifest(manifest)  # cached per process: planning read it already
+    total = int(sum((df[cohort.column(m)] != "").sum() for m in cohort.modalities))
+    rep.start("ingest", "ingest", total)
+    done = 0
+    for f in as_completed(futures):
+        try:
+            done += sum(o.inputs for o in f.result())
+        except Exception:  # a failed chunk: the result() below raises it
+            continue
+        rep.update("ingest", completed=done, info="inputs")
+    rep.finish("ingest", info=f"{done} inputs")
 
 
 def run_ingest(

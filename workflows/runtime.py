@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from typing import ClassVar
 
 _DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -33,6 +34,56 @@ def configure_runtime() -> None:
     for noisy in ("monai", "mlflow", "alembic", "urllib3", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*shadows an attribute in parent.*")
+
+
+class _OneLineUserErrors(logging.Filter):
+    """On Prefect's run loggers: a ``ClinfuseError`` is logged as one line, no traceback.
+
+    A user error (bad config, unknown name, empty split) is not a bug; its message says what
+    to do, and the traceback only buries it. The message is remembered so the console
+    filter below can keep it off the terminal (the CLI prints it once itself).
+    """
+
+    seen: ClassVar[set[str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            from modalities.errors import ClinfuseError
+
+            if isinstance(exc, ClinfuseError):
+                record.exc_info, record.exc_text, record.stack_info = None, None, None
+                self.seen.add(str(exc))
+        return True
+
+
+class _NotTwiceOnConsole(logging.Filter):
+    """On the console handler: drop Prefect's error lines about a remembered user error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not record.name.startswith("prefect"):
+            return True
+        text = record.getMessage()
+        return not any(msg and msg in text for msg in _OneLineUserErrors.seen)
+
+
+def quiet_user_errors(console: bool = True) -> None:
+    """Install the filters above (idempotent); call after Prefect configured its logging.
+
+    ``console=False`` keeps the (one-line) user-error records on the terminal too, for
+    library use without the CLI.
+    """
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLineUserErrors) for f in logger.filters):
+            logger.addFilter(_OneLineUserErrors())
+    if not console:
+        return
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler" and not any(
+            isinstance(f, _NotTwiceOnConsole) for f in handler.filters
+        ):
+            handler.addFilter(_NotTwiceOnConsole())
 
 
 def task_runner(workers: int, dask_address: str | None):

@@ -25,7 +25,9 @@ configure_runtime()
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 
-from workflows.runtime import task_runner  # noqa: E402
+from workflows.runtime import quiet_user_errors, task_runner  # noqa: E402
+
+quiet_user_errors(console=False)
 
 DEFAULT_MODEL = "models:/clinfuse@champion"
 DB_URL_ENV = "CLINFUSE_DB_URL"
@@ -97,6 +99,7 @@ def score_shard(
     """Score one prepared cohort (or shard view); resumable, so a retry finishes the rest."""
     from fusion.scoring import score_cohort
     from registry.model import load_predictor
+    from workflows.progress import counter
 
     predictor, name, version = load_predictor(model, tracking_uri)
     summary = score_cohort(
@@ -108,6 +111,7 @@ def score_shard(
         batch_size=batch_size,
         db_url=resolve_db_url(db_url_env, db_url_secret),
         reference=predictor.config.get("reference"),
+        progress=counter(f"score:{Path(prepared).name}", "score", "patients"),
     )
     return summary.to_dict()
 

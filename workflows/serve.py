@@ -14,17 +14,30 @@ from workflows.runtime import configure_runtime
 
 
 def build_deployments(config: str = "default", overrides: list[str] | None = None) -> list[Any]:
-    """The deployments ``serve`` runs: ``clinfuse-nightly/nightly`` and ``clinfuse-score/score``."""
+    """The deployments ``serve`` runs: ``clinfuse-nightly/nightly`` and ``clinfuse-score/score``.
+
+    The nightly cron runs in ``serve.timezone``; each deployment runs at most
+    ``serve.concurrency_limit`` flow runs at once, so a slow night cannot overlap the next
+    (``serve.on_overlap``: the late run cancels itself, or waits).
+    """
     configure_runtime()
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.schedules import Cron
+
     from workflows.config import load_config
     from workflows.nightly import nightly_flow
     from workflows.score import score_flow
 
     cfg = load_config(config, overrides)
     folders = cfg.serve.folders()
+    limit = ConcurrencyLimitConfig(
+        limit=cfg.serve.concurrency_limit,
+        collision_strategy=ConcurrencyLimitStrategy(cfg.serve.on_overlap.upper()),
+    )
     nightly = nightly_flow.to_deployment(
         name="nightly",
-        cron=cfg.serve.nightly_cron,
+        schedule=Cron(cfg.serve.nightly_cron, timezone=cfg.serve.timezone),
+        concurrency_limit=limit,
         parameters={"config": config, "overrides": overrides or [], **folders,
                     "model": cfg.serve.model},
         description="Index the DICOM drop and notes, ingest what is new, score with the "
@@ -38,6 +51,7 @@ def build_deployments(config: str = "default", overrides: list[str] | None = Non
                     "workdir": folders["workdir"]},
         description="Score the prepared cohort with a registered model (on demand).",
         tags=["clinfuse"],
+        concurrency_limit=cfg.serve.concurrency_limit,
     )
     return [nightly, score]
 

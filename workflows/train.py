@@ -16,6 +16,9 @@ configure_runtime()
 from prefect import flow, get_run_logger, task  # noqa: E402
 
 from workflows.config import load_config  # noqa: E402
+from workflows.runtime import quiet_user_errors  # noqa: E402
+
+quiet_user_errors(console=False)
 
 
 @task(name="train-experiment")
@@ -32,11 +35,13 @@ def train_experiment_task(
 ) -> dict[str, Any]:
     """Train all variants on one split (domain: ``registry.experiment.run_experiment``)."""
     from registry.experiment import run_experiment
+    from workflows.progress import epoch_callback
 
     cfg = load_config(config, overrides)
     return run_experiment(
         Path(prepared), cfg.cohort, cfg.model, cfg.train, cfg.model_dump(mode="json"),
         fusions, baselines, experiment, register_as, tracking_uri, Path(workdir),
+        on_epoch=epoch_callback(cfg.train.max_epochs, cfg.train.monitor),
     )
 
 

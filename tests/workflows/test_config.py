@@ -53,3 +53,71 @@ def test_unknown_modality_type_lists_valid_names() -> None:
     cfg = load_config("tiny", ["cohort.modalities.pet={}"])
     with pytest.raises(ConfigError, match=r"unknown modality 'pet'; valid names: .*ct"):
         cfg.cohort.build()
+
+
+# --------------------------------------------------------------------------- modality selection
+
+
+def test_null_override_removes_a_modality() -> None:
+    cfg = load_config("tiny", ["cohort.modalities.mri=null"])
+    assert sorted(cfg.cohort.modalities) == ["ct", "note"]
+    # The rest of the entry's settings are untouched.
+    assert cfg.cohort.modalities["ct"].encoder["name"] == "tiny"
+
+
+def test_base_inheritance_can_remove_a_modality(tmp_path: Path) -> None:
+    recipe = tmp_path / "ct_notes.yaml"
+    recipe.write_text("base: tiny\ncohort:\n  modalities:\n    mri: null\n")
+    cfg = load_config(str(recipe))
+    assert sorted(cfg.cohort.modalities) == ["ct", "note"]
+    assert cfg.cohort.modalities["ct"].spec["size"] == [32, 32, 32]  # from tiny
+    # Without a base a null entry is simply absent.
+    alone = tmp_path / "alone.yaml"
+    alone.write_text("cohort:\n  modalities:\n    note: {}\n    mri: null\n")
+    assert sorted(load_config(str(alone)).cohort.modalities) == ["note"]
+
+
+def test_select_modalities_turns_a_list_into_overrides() -> None:
+    from workflows.config import select_modalities
+
+    over = select_modalities("tiny", ["train.lr=0.01"], "ct,note")
+    assert over == ["train.lr=0.01", "cohort.modalities.mri=null"]
+    assert sorted(load_config("tiny", over).cohort.modalities) == ["ct", "note"]
+    assert select_modalities("tiny", None, None) == []
+    with pytest.raises(ConfigError, match=r"pet not in config 'tiny''s modalities \(ct, mri"):
+        select_modalities("tiny", None, "ct,pet")
+    with pytest.raises(ConfigError, match="name at least one"):
+        select_modalities("tiny", None, " , ")
+
+
+def test_null_on_a_scalar_is_still_validated() -> None:
+    """Only sections are removed by null; a required number stays required."""
+    with pytest.raises(ConfigError, match=r"train\.n_boot"):
+        load_config("tiny", ["train.n_boot=null"])
+
+
+def test_invalid_config_is_one_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", ["ingest.workers=0", "train.lr=-1"])
+    assert "\n" not in str(err.value) and "ingest.workers" in str(err.value)
+
+
+# --------------------------------------------------------------------------- serve settings
+
+
+def test_serve_deployments_carry_timezone_and_concurrency_limit() -> None:
+    from workflows.serve import build_deployments
+
+    nightly, score = build_deployments(
+        "tiny", ["serve.timezone=Europe/Berlin", "serve.concurrency_limit=2"]
+    )
+    sched = nightly.schedules[0].schedule
+    assert sched.cron == "30 2 * * *" and sched.timezone == "Europe/Berlin"
+    assert nightly.concurrency_limit == 2
+    assert str(nightly.concurrency_options.collision_strategy).endswith("CANCEL_NEW")
+    assert score.concurrency_limit == 2
+
+
+def test_unknown_timezone_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown time zone 'Mars/Olympus'"):
+        load_config("tiny", ["serve.timezone=Mars/Olympus"])
