@@ -50,6 +50,20 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return Tokens(values, mask).pooled()
 
 
+def masked_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max of ``values`` (B, N, D) over tokens where ``mask`` (B, N) is True; zeros if none."""
+    filled = values.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+    return torch.where(mask.any(1, keepdim=True), filled, torch.zeros_like(filled))
+
+
+POOLINGS = ("max", "mean")
+
+
+def pool_tokens(values: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """One (B, D) vector per row from (B, N, D) tokens: masked ``max`` or ``mean``."""
+    return masked_max(values, mask) if how == "max" else masked_mean(values, mask)
+
+
 def presence_matrix(names: Sequence[str], present: dict[str, torch.Tensor]) -> torch.Tensor:
     """Stack presence masks into (B, M) bool, columns in the order of ``names``."""
     return torch.stack([present[m].bool() for m in names], dim=1)
@@ -81,17 +95,36 @@ class Fusion(nn.Module):
         layers: int = 1,
         heads: int = 4,
         dropout: float = 0.1,
+        pooling: str = "max",
     ) -> None:
         super().__init__()
         if not modalities:
             raise ConfigError(f"{type(self).__name__} needs at least one modality")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
         self.d_model = d_model
         self.modalities: list[str] = sorted(modalities)
         self.layers, self.heads, self.dropout = layers, heads, dropout
+        self.pooling = pooling
+        from fusion.layers import MaskedBatchNorm
+
+        self.pool_norm = nn.ModuleDict({m: MaskedBatchNorm(d_model) for m in self.modalities})
+
+    def pool(self, name: str, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Modality ``name``'s token set as one vector (``pooling``: masked max or mean),
+        standardised across the patients that have it (``MaskedBatchNorm``).
+
+        Why max by default: a finding is local (a lesion in one of many CT tokens, a phrase
+        in one of a note's chunks). A mean over tokens dilutes it below what the fusion layers
+        can pick up before the encoder has learned it; a max keeps it visible from the first
+        step (linear-probe AUROC of a random tiny CNN for the synthetic lesion: mean 0.55,
+        max 0.90; docs/training.md).
+        """
+        return self.pool_norm[name](pool_tokens(values, mask, self.pooling), mask.any(1))
 
     def pooled(self, tokens: dict[str, Tokens]) -> dict[str, torch.Tensor]:
-        """Per-modality pre-fusion masked means (``FusionOutput.pooled``)."""
-        return {m: tokens[m].pooled() for m in self.modalities}
+        """Per-modality pre-fusion pooled tokens (``FusionOutput.pooled``)."""
+        return {m: self.pool(m, tokens[m].values, tokens[m].mask) for m in self.modalities}
 
     def forward(
         self, tokens: dict[str, Tokens], present: dict[str, torch.Tensor]

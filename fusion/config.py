@@ -6,7 +6,7 @@ error listing the valid ones); option dicts are checked against the constructor'
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,9 @@ class FusionConfig(BaseModel):
     name: str = "concat"
     layers: int = Field(1, ge=1)
     heads: int = Field(4, ge=1)
+    pooling: Literal["max", "mean"] = Field(
+        "max", description="how a modality's tokens become one vector (see fusion.base.pool)"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
 

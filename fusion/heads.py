@@ -38,10 +38,16 @@ class Head(nn.Module):
 
 
 class ClassificationHead(Head):
-    """A linear layer on the fused embedding plus a loss; subclasses set ``n_out`` and loss.
+    """A small MLP (LayerNorm, Linear, GELU, Linear) on the fused embedding plus a loss;
+    subclasses set ``n_out`` and the loss.
 
-    Late fusion (``out.branches`` set): the same layer scores each modality's branch and the
-    logits are averaged over the modalities present in the row.
+    Why not one linear layer: several strategies end in a pooled or averaged embedding, and a
+    label that depends on an interaction (a CT finding together with a note finding) is not
+    linear in such an average; one hidden layer after fusion lets every strategy express it
+    (measured in docs/training.md, "Why fusion did not learn").
+    Late fusion (``out.branches`` set): the same MLP scores each modality's branch and the
+    logits are averaged over the modalities present in the row (so late fusion stays a
+    combination of per-modality decisions).
     """
 
     n_out: int = 1
@@ -49,7 +55,10 @@ class ClassificationHead(Head):
     def __init__(self, d_model: int, modalities: Sequence[str], n_out: int) -> None:
         super().__init__(d_model, modalities)
         self.n_out = n_out
-        self.proj = nn.Linear(d_model, n_out)
+        self.proj = nn.Sequential(
+            nn.LayerNorm(d_model), nn.Linear(d_model, d_model), nn.GELU(),
+            nn.Linear(d_model, n_out),
+        )
 
     def logits(self, out: FusionOutput, present: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, n_out) logits of the fused embedding, or the present-averaged branch logits."""

@@ -214,6 +214,7 @@ def build_model(
         layers=cfg.fusion.layers,
         heads=cfg.fusion.heads,
         dropout=cfg.dropout,
+        pooling=cfg.fusion.pooling,
         **cfg.fusion.options,
     )
     head = create_head(cfg.head.name, cfg.d_model, names, **cfg.head.options)

@@ -52,6 +52,21 @@ class TrainConfig(BaseModel):
     warmup_fraction: float = Field(0.05, ge=0, lt=1, description="share of steps warming up")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = off")
     patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
+    min_epochs: int = Field(
+        0, ge=0, description="epochs that always run before early stopping may end training"
+    )
+    smoothing: float = Field(
+        0.0, ge=0, lt=1,
+        description="weight of the past in an exponential moving average of the monitored "
+        "metric (0 = raw); a small validation split gives noisy per-epoch values",
+    )
+    lr_scale: dict[str, float] = Field(
+        default_factory=dict,
+        description="learning-rate multipliers by model part prefix, e.g. {encoders.note: 0.1}",
+    )
+    pretrained_lr_scale: float = Field(
+        0.1, gt=0, description="learning-rate multiplier of fine-tuned pretrained weights"
+    )
     monitor: str = Field("auroc", description="validation metric for early stopping")
     monitor_mode: Literal["max", "min"] = "max"
     seed: int = 0
@@ -142,6 +157,58 @@ def predict(
     )
 
 
+def param_groups_by_part(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters by model part: ``encoders.<modality>``, then each other top-level
+    child (``projections``, ``fusion``, ``head``). Used for per-part gradient norms."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        parts = name.split(".")
+        key = ".".join(parts[:2]) if parts[0] == "encoders" and len(parts) > 2 else parts[0]
+        groups.setdefault(key, []).append(p)
+    return groups
+
+
+PRETRAINED_FLAG = "clinfuse_pretrained"
+
+
+def optimizer_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups: base ``lr``, ``lr * pretrained_lr_scale`` for trainable
+    weights of modules flagged pretrained (attribute ``clinfuse_pretrained``: fine-tuned
+    text transformers, loaded volume backbones), then ``lr_scale`` by part-name prefix.
+
+    Why: pretrained weights fine-tuned at the rate that from-scratch layers need are
+    overwritten in a few steps; the from-scratch parts need the full rate to learn at all.
+    """
+    pretrained = {
+        id(p)
+        for mod in model.modules()
+        if getattr(mod, PRETRAINED_FLAG, False)
+        for p in mod.parameters()
+    }
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = cfg.pretrained_lr_scale if id(p) in pretrained else 1.0
+        for prefix, factor in cfg.lr_scale.items():
+            if name == prefix or name.startswith(prefix + "."):
+                scale = factor
+        groups.setdefault(scale, []).append(p)
+    return [{"params": ps, "lr": cfg.lr * k, "lr_scale": k} for k, ps in sorted(groups.items())]
+
+
+def _grad_norms(groups: dict[str, list[nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """Global L2 norm of each group's gradients (before clipping), as 0-d tensors."""
+    out = {}
+    for key, ps in groups.items():
+        grads = [p.grad.detach().float().norm() for p in ps if p.grad is not None]
+        if grads:
+            out[key] = torch.stack(grads).norm()
+    return out
+
+
 def _schedule(total_steps: int, warmup: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < warmup:
@@ -183,7 +250,9 @@ def fit(
         # the others get their own, so dropout and modality-dropout masks differ per rank.
         torch.manual_seed(rank_seed(cfg.seed, rank()))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    parts = param_groups_by_part(model)
+    opt = torch.optim.AdamW(optimizer_groups(model, cfg), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     total = cfg.max_epochs * max(1, len(train_loader))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _schedule(total, int(cfg.warmup_fraction * total))
@@ -192,6 +261,7 @@ def fit(
     best = FitResult(copy.deepcopy(model.state_dict()), -1, -math.inf * sign,
                      world_size=world_size())
     stale = 0
+    smoothed = math.nan
     for epoch in range(cfg.max_epochs):
         t0 = time.perf_counter()
         sampler = getattr(train_loader, "sampler", None)
@@ -199,6 +269,7 @@ def fit(
             sampler.set_epoch(epoch)
         net.train()
         losses = []
+        norms: dict[str, list[torch.Tensor]] = {}
         seen: list[str] = []
         for batch in train_loader:
             batch: Batch = batch.to(device)
@@ -207,6 +278,8 @@ def fit(
             loss = out["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            for key, n in _grad_norms(parts).items():
+                norms.setdefault(key, []).append(n)
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
@@ -219,15 +292,27 @@ def fit(
         decision = None
         if main:
             metrics = {"train_loss": train_loss, "lr": float(sched.get_last_lr()[0])}
+            # Mean per-step gradient norm of each model part: a part whose gradient is tiny
+            # next to the others is not learning (see docs/training.md, "Diagnostics").
+            metrics |= {f"grad_norm/{k}": float(torch.stack(v).mean()) for k, v in norms.items()}
             val = validate(predict(model, val_loader, task, device, cfg.bf16))
             metrics |= {f"val_{k}": v for k, v in val.items()}
             metrics["epoch_seconds"] = time.perf_counter() - t0
+            raw = val.get(cfg.monitor, math.nan)
+            if not math.isnan(raw):  # an undefined epoch leaves the average where it was
+                smoothed = raw if math.isnan(smoothed) else (
+                    cfg.smoothing * smoothed + (1 - cfg.smoothing) * raw)
+                value = smoothed
+            else:
+                value = math.nan
+            if cfg.smoothing > 0:
+                metrics[f"val_{cfg.monitor}_smoothed"] = value
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
-            value = val.get(cfg.monitor, math.nan)
             improved = not math.isnan(value) and sign * value > sign * best.best_value
             stale = 0 if improved else stale + 1
-            decision = (metrics, value, improved, not improved and stale >= cfg.patience)
+            stop = not improved and stale >= cfg.patience and epoch + 1 >= cfg.min_epochs
+            decision = (metrics, value, improved, stop)
         if ddp:
             decision = broadcast_object(decision)
         metrics, value, improved, stop = decision

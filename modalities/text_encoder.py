@@ -184,7 +184,10 @@ def load_text_model(cfg: TextEncoderConfig) -> nn.Module:
     if cfg.model == TINY_RANDOM:
         vocab = _load(AutoConfig, cfg, "model config").vocab_size
         return _tiny_random_bert(vocab)
-    return _load(AutoModel, cfg, "model")
+    model = _load(AutoModel, cfg, "model")
+    # Fine-tuned layers of pretrained weights train at a lower rate (fusion.train).
+    model.clinfuse_pretrained = True
+    return model
 
 
 def _layers(model: nn.Module) -> nn.ModuleList:

@@ -352,6 +352,7 @@ def load_pretrained(encoder: VolumeEncoder, path_str: str) -> None:
         )
     if result.unexpected_keys:
         log.info("pretrained %s: ignored %d extra keys", path.name, len(result.unexpected_keys))
+    encoder.backbone.clinfuse_pretrained = True  # fine-tuned at a lower rate (fusion.train)
 
 
 def build_volume_encoder(

@@ -50,7 +50,11 @@ def prepared_folder(path: Path) -> Path:
 
 
 def manifest(path: Path, cohort: Any) -> None:
-    """The manifest exists, parses, and has the ID column and every configured modality."""
+    """The manifest exists, parses, and has the ID column and every configured modality.
+
+    Messages name only the columns clinfuse expects, never the ones found: a manifest
+    without its header row has a patient's values (ID, name, dates) as column names.
+    """
     from modalities.ingest import load_manifest
 
     existing_file("manifest", path)
@@ -58,8 +62,8 @@ def manifest(path: Path, cohort: Any) -> None:
     cols = set(df.columns)
     if cohort.id_column not in cols:
         raise ConfigError(
-            f"manifest {path} lacks the ID column {cohort.id_column!r}; it has "
-            f"{sorted(cols)}; rename it or set cohort.id_column"
+            f"manifest {path} lacks the ID column {cohort.id_column!r} (is its header row "
+            "missing?); add the header, rename the column or set cohort.id_column"
         )
     missing = sorted(m for m in cohort.modalities if cohort.column(m) not in cols)
     if missing:
@@ -71,8 +75,7 @@ def manifest(path: Path, cohort: Any) -> None:
             else "set cohort.modalities.<name>.column to the right column"
         )
         raise ConfigError(
-            f"manifest {path} has no column for modality(ies) {', '.join(missing)} "
-            f"(it has {sorted(cols)}); {how}"
+            f"manifest {path} has no column for modality(ies) {', '.join(missing)}; {how}"
         )
 
 

@@ -440,7 +440,7 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(
         "demo-workdir"
     ),
-    patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 60,
+    patients: Annotated[int, typer.Option(help="Synthetic patients (320: 48 tested).")] = 320,
     seed: int = 0,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,

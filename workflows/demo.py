@@ -4,6 +4,12 @@ Stages: synth -> ingest (twice: the second run shows the cache at work) -> train
 variants and unimodal baselines -> compare and promote a champion -> score the cohort with
 the champion. Everything lands under one work folder: the synthetic cohort, the prepared
 cohort, the MLflow SQLite store and artifacts, predictions, and Prefect's home.
+
+The cohort is the interaction cohort (CT + note): a patient's label is a CT lesion XOR a
+cardiac finding named in the note, so neither modality alone tells anything and only a
+fusion model can learn it. The demo therefore shows the point of clinfuse as a measured
+result: fusion far above every unimodal baseline, with 95% CIs and the number of test
+patients behind each number (320 patients: 48 test patients; about 4 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -16,9 +22,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+DEMO_MODALITIES = ("ct", "note")
+DEMO_OVERRIDES = ["cohort.modalities.mri=null"]  # the tiny recipe without its MRI entry
+DEMO_FUSIONS = ["concat", "cross_attention"]
+
 
 def run_demo(
-    workdir: Path, patients: int = 60, seed: int = 0, console: Console | None = None,
+    workdir: Path, patients: int = 320, seed: int = 0, console: Console | None = None,
     train: bool = True,
 ) -> dict[str, Any]:
     """Run every stage on synthetic data; return the per-stage summaries."""
@@ -35,14 +45,17 @@ def run_demo(
     rep.start("demo", "demo stages", len(stages))
     results: dict[str, Any] = {}
 
-    from modalities.synth import synth_cohort
+    from modalities.synth import SynthConfig, synth_cohort
 
     t0 = time.perf_counter()
     data = workdir / "synthetic"
-    synth_cohort(data, patients=patients, seed=seed, bad_inputs=4)
-    results["synth"] = {"patients": patients, "bad_inputs": 4, "folder": str(data)}
+    synth_cohort(data, patients=patients, seed=seed, bad_inputs=4,
+                 config=SynthConfig(label_rule="xor", modalities=DEMO_MODALITIES))
+    results["synth"] = {"patients": patients, "bad_inputs": 4, "folder": str(data),
+                        "label": "CT lesion XOR note finding"}
     rep.update("demo", advance=1, info="synth")
-    console.print(f"[green]synth[/]   {patients} patients (+4 with planted bad inputs) in "
+    console.print(f"[green]synth[/]   {patients} patients, CT + note, label = CT lesion XOR "
+                  f"note finding (+4 with planted bad inputs) in "
                   f"{time.perf_counter() - t0:.1f}s -> {data}")
 
     from workflows.ingest import run_ingest
@@ -51,7 +64,8 @@ def run_demo(
     for attempt in ("ingest", "re-ingest"):
         t0 = time.perf_counter()
         summary = run_ingest(
-            data / "manifest.csv", prepared, config="tiny", allow_demo_key=True
+            data / "manifest.csv", prepared, config="tiny", overrides=DEMO_OVERRIDES,
+            allow_demo_key=True,
         )
         results[attempt] = summary
         rep.update("demo", advance=1, info=attempt)
@@ -74,19 +88,30 @@ def run_demo(
     tracking = f"sqlite:///{workdir / 'mlflow.db'}"  # absolute path: four slashes in all
     t0 = time.perf_counter()
     results["train"] = train_flow(
-        str(prepared), "tiny", None, ["concat", "gated", "cross_attention"], True,
+        str(prepared), "tiny", DEMO_OVERRIDES, DEMO_FUSIONS, True,
         "clinfuse-demo", MODEL_NAME, tracking, str(workdir),
     )
     rep.update("demo", advance=1, info="train")
     console.print(f"[green]train[/]    {len(results['train']['variants'])} models "
-                  f"(3 fusion + 3 unimodal baselines) in {time.perf_counter() - t0:.0f}s")
-    results["compare"] = run_compare(
-        "clinfuse-demo", "test_auroc", MODEL_NAME, workdir, console, tracking_uri=tracking
-    )
+                  f"({len(DEMO_FUSIONS)} fusion + {len(DEMO_MODALITIES)} unimodal baselines) "
+                  f"in {time.perf_counter() - t0:.0f}s")
+    results["verdict"] = fusion_verdict(results["train"]["variants"])
+    console.print(results["verdict"]["text"], highlight=False)
+    from registry.compare import PromotionRefused
+
+    try:
+        results["compare"] = run_compare(
+            "clinfuse-demo", "test_auroc", MODEL_NAME, workdir, console, tracking_uri=tracking
+        )
+        alias = "champion"
+    except PromotionRefused as err:  # an honest "not separable": say so, score the challenger
+        console.print(f"[yellow]not promoted:[/] {err}", highlight=False)
+        results["compare"] = {"refused": str(err)}
+        alias = "challenger"
     rep.update("demo", advance=1, info="compare")
     t0 = time.perf_counter()
     results["score"] = run_score(
-        prepared, workdir / "predictions", f"models:/{MODEL_NAME}@champion",
+        prepared, workdir / "predictions", f"models:/{MODEL_NAME}@{alias}",
         workdir=workdir, tracking_uri=tracking,
     )
     sc = results["score"]
@@ -107,6 +132,29 @@ def run_demo(
 
 
 MODEL_NAME = "clinfuse-demo"
+
+
+def fusion_verdict(variants: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best fusion model vs best unimodal baseline by test AUROC: do their 95% CIs overlap?
+
+    The one sentence the demo exists to show, with the number of test patients behind it.
+    """
+    def best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return max(rows, key=lambda r: r.get("auroc") or 0.0)
+
+    fused = best([v for v in variants if "+" in str(v.get("modalities"))])
+    alone = best([v for v in variants if "+" not in str(v.get("modalities"))])
+    separated = fused["auroc_ci_low"] > alone["auroc_ci_high"]
+
+    def show(r: dict[str, Any]) -> str:
+        return (f"{r['variant']} AUROC {r['auroc']:.3f} "
+                f"[{r['auroc_ci_low']:.3f}, {r['auroc_ci_high']:.3f}]")
+
+    text = (f"best fusion {show(fused)} vs best unimodal baseline {show(alone)}, "
+            f"{int(fused['n_test'])} test patients: 95% CIs "
+            + ("do not overlap: fusion wins" if separated else "overlap: not separable"))
+    return {"fusion": fused["variant"], "baseline": alone["variant"],
+            "separated": bool(separated), "n_test": int(fused["n_test"]), "text": text}
 
 
 def _reasons_table(console: Console, reasons: dict[str, int]) -> None:

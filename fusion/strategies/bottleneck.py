@@ -15,7 +15,7 @@ from fusion.base import (
     present_weights,
     register_fusion,
 )
-from fusion.layers import AttentionBlock
+from fusion.layers import AttentionBlock, SlotConcat
 from modalities.base import Tokens
 
 
@@ -30,7 +30,9 @@ class BottleneckFusion(Fusion):
     updated tokens. Without that latent block a single layer would be a sum of per-modality
     terms (additive, like late fusion: it cannot model an interaction such as XOR).
     Cost is linear in the number of modalities, so it scales to 3+ modalities.
-    Output: the mean of the final latents.
+    Readout: the mean of the final latents and each modality's pooled final tokens (which
+    read the latents), concatenated and mapped through an MLP (``SlotConcat``); a latent-only
+    readout starts as a uniform average over tokens and hides a local finding.
     With one modality it is a transformer with K extra register tokens.
     ``attention["latents->m"]``: (B, layers, K, N_m) weights from latents to m's tokens (eval).
     Contributions: attention mass the latents put on each present modality's tokens in the
@@ -59,6 +61,7 @@ class BottleneckFusion(Fusion):
             AttentionBlock(d_model, self.heads, self.dropout) for _ in range(self.layers)
         )
         self.norm = nn.LayerNorm(d_model)
+        self.combine = SlotConcat(len(self.modalities) + 1, d_model, self.dropout)
 
     def forward(self, tokens: dict[str, Tokens], present: dict[str, torch.Tensor]) -> FusionOutput:
         presence = presence_matrix(self.modalities, present)
@@ -90,8 +93,15 @@ class BottleneckFusion(Fusion):
         attention = (
             {f"latents->{m}": torch.stack(maps[m], 1) for m in self.modalities} if keep else {}
         )
+        outs = [self.norm(lat.mean(1))] + [
+            self.pool(m, x[m], tokens[m].mask & presence[:, i : i + 1])
+            for i, m in enumerate(self.modalities)
+        ]
+        embedding, _ = self.combine(
+            outs, torch.cat([torch.ones_like(presence[:, :1]), presence], 1)
+        )
         return FusionOutput(
-            embedding=self.norm(lat.mean(1)),
+            embedding=embedding,
             pooled=self.pooled(tokens),
             attention=attention,
             contributions={m: share[:, i] for i, m in enumerate(self.modalities)},

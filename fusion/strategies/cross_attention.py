@@ -11,12 +11,10 @@ from torch import nn
 from fusion.base import (
     Fusion,
     FusionOutput,
-    masked_mean,
     presence_matrix,
     register_fusion,
-    weighted_sum,
 )
-from fusion.layers import AttentionBlock
+from fusion.layers import AttentionBlock, SlotConcat
 from modalities.base import Tokens
 
 
@@ -30,14 +28,16 @@ class CrossAttentionFusion(Fusion):
     """For every ordered pair (a, b), a's tokens attend to b's through ``layers`` cross-modal
     blocks (keys masked by b's token mask; rows where b is absent get no update). For each
     target a, the streams from the present sources are averaged, then ``layers`` self-attention
-    blocks run over a's tokens, which are pooled. The per-modality vectors are combined by a
-    learned attention pooling over the present modalities.
+    blocks run over a's tokens, which are pooled. The per-modality vectors are concatenated
+    (a learned stand-in for absent modalities) and mapped through an MLP, as in MulT. (An
+    earlier version took a softmax-weighted average of them: an average of the CT and note
+    vectors cannot express "lesion XOR finding", and it did not learn one end to end.)
 
     With one modality there are no pairs: self-attention + pooling (a unimodal transformer).
     ``attention["a<-b"]``: (B, layers, N_a, N_b) head-averaged cross-attention weights; kept in
     eval mode (or always with ``keep_attention=True``) because asking for weights disables
     the fused attention kernels.
-    Contributions: the modality-pooling weights.
+    Contributions: each present modality's share of the combining MLP's first layer.
     """
 
     def __init__(
@@ -55,8 +55,7 @@ class CrossAttentionFusion(Fusion):
 
         self.cross = nn.ModuleDict({pair_key(a, b): stack(True) for a, b in self.pairs})
         self.self_attn = nn.ModuleDict({m: stack(False) for m in self.modalities})
-        self.norm = nn.LayerNorm(d_model)
-        self.score = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh(), nn.Linear(d_model, 1))
+        self.combine = SlotConcat(len(self.modalities), d_model, self.dropout)
 
     def forward(self, tokens: dict[str, Tokens], present: dict[str, torch.Tensor]) -> FusionOutput:
         need_weights = self.keep_attention or not self.training
@@ -90,14 +89,11 @@ class CrossAttentionFusion(Fusion):
                 h = x
             for block in self.self_attn[a]:
                 h, _ = block(h, x_mask)
-            fused.append(self.norm(masked_mean(h, x_mask & presence[:, ai : ai + 1])))
-        stacked = torch.stack(fused, 1)  # (B, M, d)
-        scores = self.score(stacked).squeeze(-1).float().masked_fill(~presence, float("-inf"))
-        weights_m = torch.softmax(scores, dim=1)
-        embedding = weighted_sum(stacked, weights_m)
+            fused.append(self.pool(a, h, x_mask & presence[:, ai : ai + 1]))
+        embedding, shares = self.combine(fused, presence)
         return FusionOutput(
             embedding=embedding,
             pooled=self.pooled(tokens),
             attention=attention,
-            contributions={m: weights_m[:, i].detach() for i, m in enumerate(self.modalities)},
+            contributions={m: shares[:, i] for i, m in enumerate(self.modalities)},
         )

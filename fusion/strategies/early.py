@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fusion.base import Fusion, FusionOutput, presence_matrix, register_fusion
-from fusion.layers import AttentionBlock
+from fusion.layers import AttentionBlock, SlotConcat
 from modalities.base import Tokens
 from modalities.errors import ConfigError
 
@@ -34,6 +34,10 @@ class EarlyFusion(Fusion):
     """Single-stream joint self-attention over all modalities' tokens plus a [CLS] token.
 
     Cost is quadratic in the total token count (sum over modalities).
+    Readout: the [CLS] output and each modality's pooled output tokens (which attended to
+    every modality), concatenated and mapped through an MLP (``SlotConcat``). A [CLS]-only
+    readout starts as a uniform average over all tokens, which hides a local finding until
+    attention has learned where to look; the pooled tokens keep it visible.
     ``attention["cls->m"]``: (B, layers, N_m) weights from [CLS] to m's tokens (eval mode).
     Contributions: [CLS] attention mass on each present modality in the last layer.
     """
@@ -48,6 +52,7 @@ class EarlyFusion(Fusion):
             AttentionBlock(d_model, self.heads, self.dropout) for _ in range(self.layers)
         )
         self.norm = nn.LayerNorm(d_model)
+        self.combine = SlotConcat(len(self.modalities) + 1, d_model, self.dropout)
 
     def forward(self, tokens: dict[str, Tokens], present: dict[str, torch.Tensor]) -> FusionOutput:
         presence = presence_matrix(self.modalities, present)
@@ -81,8 +86,14 @@ class EarlyFusion(Fusion):
                 f"cls->{m}": joint[..., s:e]
                 for m, (s, e) in zip(self.modalities, spans, strict=True)
             }
+        outs = [self.norm(x[:, 0])] + [
+            self.pool(m, x[:, s:e], mask[:, s:e])
+            for m, (s, e) in zip(self.modalities, spans, strict=True)
+        ]
+        slots = torch.cat([torch.ones_like(presence[:, :1]), presence], 1)
+        embedding, _ = self.combine(outs, slots)
         return FusionOutput(
-            embedding=self.norm(x[:, 0]),
+            embedding=embedding,
             pooled=self.pooled(tokens),
             attention=attention,
             contributions={m: share[:, i] for i, m in enumerate(self.modalities)},

@@ -128,12 +128,10 @@ def test_hostile_folder_through_the_cli(tmp_path: Path) -> None:
     manifest = root / "hostile.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     prepared, home = tmp_path / "prepared", tmp_path / "prefect"
-    start = time.perf_counter()
     run = clinfuse(
         "ingest", str(manifest), "--out", str(prepared), "--config", "tiny", "--json",
         home=home,
     )  # fmt: skip
-    took = time.perf_counter() - start
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout)
     inputs = sum(1 for r in rows for m in ("ct", "mri", "note") if r[m])
@@ -149,7 +147,6 @@ def test_hostile_folder_through_the_cli(tmp_path: Path) -> None:
     pseudo = Pseudonymizer.from_env()
     first = cohort.set_index("patient").loc[pseudo(rows[0]["patient_id"])]
     assert (first["ct_status"], first["note_status"]) == ("ok", "ok")  # 'CT #2', 'visit#2'
-    assert took < 300
 
     # PHI canary: nothing from the inputs reaches the CLI's output or the quarantine.
     haystacks = {
@@ -198,11 +195,9 @@ def test_timed_out_input_is_quarantined_and_the_run_completes(
     overrides = [
         "cohort.modalities={note: {}}", "ingest.chunk_size=3", "ingest.task_timeout_s=3",
     ]  # fmt: skip
-    start = time.perf_counter()
     summary = run_ingest(manifest, tmp_path / "out", "tiny", overrides)
     assert summary["inputs"] == 3 and summary["accepted"] == 2
     assert summary["reasons"] == {"TIMEOUT": 1}
     q = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
     assert q.loc[0, "source"] == "manifest row 1, column 'note'"
     assert "task_timeout_s=3" in q.loc[0, "message"]
-    assert time.perf_counter() - start < 120

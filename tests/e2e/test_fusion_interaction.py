@@ -1,0 +1,49 @@
+"""Fusion learns what no single modality shows: synth -> ingest -> train through the real CLI.
+
+clinfuse's generator writes an interaction cohort (``--label-rule xor``): the label is a
+CT lesion XOR a cardiac finding named in the note, so each modality alone carries no
+information about it. Every intermediate fusion strategy must learn it from the DICOM
+series and the note text end to end (the encoders train from these inputs, the note through
+the frozen MiniLM); the unimodal baselines and late fusion (a sum of per-modality
+decisions) cannot, by construction, and must stay near chance. This is the test the
+toy-tensor XOR test in tests/fusion could not be: it exercises pooling, normalisation,
+optimisation and early stopping on real inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import clinfuse
+
+pytestmark = pytest.mark.slow
+
+PATIENTS = 320
+INTERMEDIATE = ["concat", "gated", "cross_attention", "bottleneck", "early"]
+CHANCE = ["unimodal_ct", "unimodal_note", "late"]
+
+
+def test_intermediate_fusion_learns_an_interaction_that_no_modality_shows(
+    tmp_path: Path, mlflow_server: str
+) -> None:
+    data, prepared = tmp_path / "synth", tmp_path / "prepared"
+    run = {"tracking_uri": mlflow_server, "cwd": tmp_path}
+    clinfuse("synth", str(data), "--patients", str(PATIENTS), "--seed", "5",
+             "--label-rule", "xor", "--modalities", "ct,note", **run)
+    clinfuse("ingest", str(data / "manifest.csv"), "--out", str(prepared), "--config", "tiny",
+             "--modalities", "ct,note", **run)
+    fusions = [a for f in [*INTERMEDIATE, "late"] for a in ("--fusion", f)]
+    res = clinfuse("train", str(prepared), "--config", "tiny", "--modalities", "ct,note",
+                   *fusions, "--baselines", "--experiment", "interaction",
+                   "--workdir", str(tmp_path), "--json", **run)
+    variants = {v["variant"]: v for v in json.loads(res.stdout)["variants"]}
+    assert set(variants) == {*INTERMEDIATE, *CHANCE}
+    table = {k: (round(v["auroc"], 3), v["n_test"]) for k, v in variants.items()}
+    for name in INTERMEDIATE:
+        assert variants[name]["auroc"] >= 0.85, (name, table)
+    for name in CHANCE:
+        assert 0.3 <= variants[name]["auroc"] <= 0.7, (name, table)
+        assert variants[name]["auroc_ci_low"] < 0.5 < variants[name]["auroc_ci_high"], table
