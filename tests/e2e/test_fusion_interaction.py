@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.conftest import clinfuse
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 PATIENTS = 320
 INTERMEDIATE = ["concat", "gated", "cross_attention", "bottleneck", "early"]
