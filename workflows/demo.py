@@ -96,7 +96,7 @@ def run_demo(
                   f"({len(DEMO_FUSIONS)} fusion + {len(DEMO_MODALITIES)} unimodal baselines) "
                   f"in {time.perf_counter() - t0:.0f}s")
     results["verdict"] = fusion_verdict(results["train"]["variants"])
-    console.print(results["verdict"]["text"], highlight=False)
+    console.print(results["verdict"]["text"], highlight=False, soft_wrap=True)
     from registry.compare import PromotionRefused
 
     try:
@@ -105,7 +105,7 @@ def run_demo(
         )
         alias = "champion"
     except PromotionRefused as err:  # an honest "not separable": say so, score the challenger
-        console.print(f"[yellow]not promoted:[/] {err}", highlight=False)
+        console.print(f"[yellow]not promoted:[/] {err}", highlight=False, soft_wrap=True)
         results["compare"] = {"refused": str(err)}
         alias = "challenger"
     rep.update("demo", advance=1, info="compare")
