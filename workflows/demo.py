@@ -95,6 +95,7 @@ def run_demo(
     console.print(f"[green]train[/]    {len(results['train']['variants'])} models "
                   f"({len(DEMO_FUSIONS)} fusion + {len(DEMO_MODALITIES)} unimodal baselines) "
                   f"in {time.perf_counter() - t0:.0f}s")
+    _results_table(console, results["train"]["variants"])
     results["verdict"] = fusion_verdict(results["train"]["variants"])
     console.print(results["verdict"]["text"], highlight=False, soft_wrap=True)
     from registry.compare import PromotionRefused
@@ -155,6 +156,17 @@ def fusion_verdict(variants: list[dict[str, Any]]) -> dict[str, Any]:
             + ("do not overlap: fusion wins" if separated else "overlap: not separable"))
     return {"fusion": fused["variant"], "baseline": alone["variant"],
             "separated": bool(separated), "n_test": int(fused["n_test"]), "text": text}
+
+
+def _results_table(console: Console, variants: list[dict[str, Any]]) -> None:
+    """Test AUROC per model, best first, with its CI and the test patients behind it."""
+    table = Table(title="test AUROC (95% bootstrap CI)")
+    for col in ("model", "modalities", "AUROC", "95% CI", "test patients"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for v in sorted(variants, key=lambda r: r.get("auroc") or 0.0, reverse=True):
+        table.add_row(v["variant"], str(v["modalities"]), f"{v['auroc']:.3f}",
+                      f"{v['auroc_ci_low']:.3f}-{v['auroc_ci_high']:.3f}", str(v["n_test"]))
+    console.print(table)
 
 
 def _reasons_table(console: Console, reasons: dict[str, int]) -> None:

@@ -33,7 +33,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     # says how many test patients each number rests on.
     assert "95% CIs do not overlap: fusion wins" in out, out[-3000:]
     n_test = re.search(r"(\d+) test patients: 95% CIs", out)
-    assert "n_test" in out and n_test and int(n_test.group(1)) >= 30, out[-3000:]
+    assert "test patients" in out and n_test and int(n_test.group(1)) >= 30, out[-3000:]
     assert (tmp_path / "mlflow.db").exists()
     pred = pd.read_parquet(tmp_path / "predictions" / "predictions.parquet")
     cohort = pd.read_parquet(tmp_path / "prepared" / "cohort.parquet")
