@@ -185,9 +185,14 @@ def _log_explanations(
             row[f"contribution_{m}"] = float(c[i])
         rows_out.append(row)
         for key, att in (out.get("attention") or {}).items():
-            target, _, source = key.partition("<-")
-            weights = att[i].float().mean(0).cpu().numpy()  # (N_target, N_source)
-            for name, w in ((source, weights.mean(0)), (target, weights.mean(1))):
+            weights = att[i].float().mean(0).cpu().numpy()  # mean over layers
+            if "<-" in key:  # cross-attention "a<-b": (N_a, N_b)
+                target, _, source = key.partition("<-")
+                pairs = [(source, weights.mean(0)), (target, weights.mean(1))]
+            else:  # "cls->m" (N_m,) or "latents->m" (K, N_m): weights on m's tokens
+                w = weights if weights.ndim == 1 else weights.mean(0)
+                pairs = [(key.partition("->")[2], w)]
+            for name, w in pairs:
                 vol = s.get(name)
                 if isinstance(vol, np.ndarray) and vol.ndim == 4:
                     side = round(len(w) ** (1 / 3))

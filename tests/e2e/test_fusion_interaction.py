@@ -44,6 +44,7 @@ def test_intermediate_fusion_learns_an_interaction_that_no_modality_shows(
     table = {k: (round(v["auroc"], 3), v["n_test"]) for k, v in variants.items()}
     for name in INTERMEDIATE:
         assert variants[name]["auroc"] >= 0.85, (name, table)
+    # Near chance: with ~48 test patients a chance-level AUROC has an SD of about 0.08, so
+    # 0.25-0.75 is a +-3 SD band (a CI-contains-0.5 check would fail 5% of honest runs).
     for name in CHANCE:
-        assert 0.3 <= variants[name]["auroc"] <= 0.7, (name, table)
-        assert variants[name]["auroc_ci_low"] < 0.5 < variants[name]["auroc_ci_high"], table
+        assert 0.25 <= variants[name]["auroc"] <= 0.75, (name, table)
