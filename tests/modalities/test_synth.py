@@ -255,3 +255,22 @@ def test_config_knobs(tmp_path: Path) -> None:
     assert float(d[0].SpacingBetweenSlices) == 3.0
     with pytest.raises(ValueError):
         SynthConfig(label_noise=2.0)
+
+
+def test_interaction_cohort_label_is_ct_xor_note(tmp_path: Path) -> None:
+    cfg = SynthConfig(label_rule="xor", modalities=("ct", "note"), ct_shape=(16, 16, 10))
+    res = synth_cohort(tmp_path, patients=40, seed=3, config=cfg)
+    assert list(res.manifest.columns) == ["patient_id", "ct", "note", "label"]
+    assert not list(tmp_path.rglob("*.nii.gz"))  # MRI is drawn but never written
+    t = res.truth
+    clean = t[~t["label_flipped"]]
+    assert (clean["label"] == (clean["ct_finding"] ^ clean["note_finding"])).all()
+    # Each finding alone says nothing about the label: both values of it see both labels.
+    for m in ("ct", "note"):
+        assert t.groupby(f"{m}_finding")["label"].nunique().min() == 2
+    # The default stays the majority vote, and the streams stay aligned: same findings.
+    maj = synth_cohort(tmp_path / "maj", patients=40, seed=3,
+                       config=SynthConfig(ct_shape=(16, 16, 10)))
+    assert (maj.truth["ct_finding"] == t["ct_finding"]).all()
+    with pytest.raises(ValueError):
+        SynthConfig(label_rule="xor", modalities=("ct",))
