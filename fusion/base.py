@@ -87,6 +87,8 @@ class Fusion(nn.Module):
     one config shape builds any of them; strategies without layers ignore them.
     """
 
+    READOUT_POOLING = False
+
     def __init__(
         self,
         d_model: int,
@@ -109,10 +111,17 @@ class Fusion(nn.Module):
         from fusion.layers import MaskedBatchNorm
 
         self.pool_norm = nn.ModuleDict({m: MaskedBatchNorm(d_model) for m in self.modalities})
+        # Strategies that pool after their fusion layers set READOUT_POOLING (own statistics).
+        if self.READOUT_POOLING:
+            self.out_norm = nn.ModuleDict({m: MaskedBatchNorm(d_model) for m in self.modalities})
 
-    def pool(self, name: str, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def pool(
+        self, name: str, values: torch.Tensor, mask: torch.Tensor, readout: bool = False
+    ) -> torch.Tensor:
         """Modality ``name``'s token set as one vector (``pooling``: masked max or mean),
-        standardised across the patients that have it (``MaskedBatchNorm``).
+        standardised across the patients that have it (``MaskedBatchNorm``). ``readout``
+        pools tokens *after* fusion layers, which have their own statistics (``out_norm``),
+        so the running statistics of the encoders' tokens are not mixed with them.
 
         Why max by default: a finding is local (a lesion in one of many CT tokens, a phrase
         in one of a note's chunks). A mean over tokens dilutes it below what the fusion layers
@@ -120,7 +129,8 @@ class Fusion(nn.Module):
         step (linear-probe AUROC of a random tiny CNN for the synthetic lesion: mean 0.55,
         max 0.90; docs/training.md).
         """
-        return self.pool_norm[name](pool_tokens(values, mask, self.pooling), mask.any(1))
+        norm = self.out_norm[name] if readout else self.pool_norm[name]
+        return norm(pool_tokens(values, mask, self.pooling), mask.any(1))
 
     def pooled(self, tokens: dict[str, Tokens]) -> dict[str, torch.Tensor]:
         """Per-modality pre-fusion pooled tokens (``FusionOutput.pooled``)."""

@@ -39,6 +39,8 @@ class BottleneckFusion(Fusion):
     last layer, normalised over modalities.
     """
 
+    READOUT_POOLING = True
+
     def __init__(
         self,
         d_model: int,
@@ -94,7 +96,7 @@ class BottleneckFusion(Fusion):
             {f"latents->{m}": torch.stack(maps[m], 1) for m in self.modalities} if keep else {}
         )
         outs = [self.norm(lat.mean(1))] + [
-            self.pool(m, x[m], tokens[m].mask & presence[:, i : i + 1])
+            self.pool(m, x[m], tokens[m].mask & presence[:, i : i + 1], readout=True)
             for i, m in enumerate(self.modalities)
         ]
         embedding, _ = self.combine(

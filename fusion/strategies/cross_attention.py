@@ -40,6 +40,8 @@ class CrossAttentionFusion(Fusion):
     Contributions: each present modality's share of the combining MLP's first layer.
     """
 
+    READOUT_POOLING = True
+
     def __init__(
         self, d_model: int, modalities: Sequence[str], *, keep_attention: bool = False, **kw: Any
     ) -> None:
@@ -89,7 +91,7 @@ class CrossAttentionFusion(Fusion):
                 h = x
             for block in self.self_attn[a]:
                 h, _ = block(h, x_mask)
-            fused.append(self.pool(a, h, x_mask & presence[:, ai : ai + 1]))
+            fused.append(self.pool(a, h, x_mask & presence[:, ai : ai + 1], readout=True))
         embedding, shares = self.combine(fused, presence)
         return FusionOutput(
             embedding=embedding,

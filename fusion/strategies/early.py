@@ -42,6 +42,8 @@ class EarlyFusion(Fusion):
     Contributions: [CLS] attention mass on each present modality in the last layer.
     """
 
+    READOUT_POOLING = True
+
     def __init__(
         self, d_model: int, modalities: Sequence[str], *, keep_attention: bool = False, **kw: Any
     ) -> None:
@@ -87,7 +89,7 @@ class EarlyFusion(Fusion):
                 for m, (s, e) in zip(self.modalities, spans, strict=True)
             }
         outs = [self.norm(x[:, 0])] + [
-            self.pool(m, x[:, s:e], mask[:, s:e])
+            self.pool(m, x[:, s:e], mask[:, s:e], readout=True)
             for m, (s, e) in zip(self.modalities, spans, strict=True)
         ]
         slots = torch.cat([torch.ones_like(presence[:, :1]), presence], 1)
