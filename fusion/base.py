@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fusion.layers import MaskedBatchNorm
 from modalities.base import Tokens
 from modalities.errors import ConfigError
 from modalities.registry import Registry
@@ -108,8 +109,6 @@ class Fusion(nn.Module):
         self.modalities: list[str] = sorted(modalities)
         self.layers, self.heads, self.dropout = layers, heads, dropout
         self.pooling = pooling
-        from fusion.layers import MaskedBatchNorm
-
         self.pool_norm = nn.ModuleDict({m: MaskedBatchNorm(d_model) for m in self.modalities})
         # Strategies that pool after their fusion layers set READOUT_POOLING (own statistics).
         if self.READOUT_POOLING:
