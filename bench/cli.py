@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--before", type=Path, default=None, help="older source tree (baseline)")
     args = ap.parse_args()
 
+    from fusion.tasks import cohort_task
     from modalities.ingest import ingest_manifest
     from modalities.synth import synth_cohort
     from workflows.config import load_config
@@ -62,7 +63,8 @@ def main() -> None:
     manifest = work / "synth" / "manifest.csv"
     prepared = work / "prepared"
     os.environ.setdefault("CLINFUSE_PSEUDONYM_KEY", "bench-key-0123456789abcdef")
-    ingest_manifest(manifest, load_config("tiny").cohort, work / "synth", prepared)
+    cohort = load_config("tiny").cohort
+    ingest_manifest(manifest, cohort, work / "synth", prepared, labels=cohort_task(cohort))
 
     commands = {
         "help": ["--help"],

@@ -36,6 +36,7 @@ import torch
 
 from fusion.data import PreparedCohort
 from fusion.experiment import Variant, split_cohort, train_variant
+from fusion.tasks import cohort_task
 from fusion.train import make_loader
 from modalities.errors import ConfigError
 from modalities.ingest import ingest_manifest
@@ -135,7 +136,8 @@ def main() -> None:
     try:
         cohort = PreparedCohort(prepared, cfg.cohort)
     except ConfigError:  # not prepared yet, or by another version of a modality: (re-)ingest
-        ingest_manifest(data / "manifest.csv", cfg.cohort, data, prepared)
+        ingest_manifest(data / "manifest.csv", cfg.cohort, data, prepared,
+                        labels=cohort_task(cfg.cohort))
         cohort = PreparedCohort(prepared, cfg.cohort)
     print(f"data ready in {time.perf_counter() - t0:.1f}s ({work})", flush=True)
 

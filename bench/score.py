@@ -68,6 +68,7 @@ def prepare(
     work: Path, patients: int, note_model: str | None, ct_shape: tuple[int, int, int] | None
 ) -> tuple[Path, Path, float]:
     """Synthesize and ingest a cohort; returns (raw root, prepared folder, ingest seconds)."""
+    from fusion.tasks import cohort_task
     from modalities.ingest import ingest_manifest
     from modalities.synth import SynthConfig, synth_cohort
     from workflows.config import load_config
@@ -77,7 +78,8 @@ def prepare(
     cfg = load_config("tiny", _overrides(note_model)).cohort
     prepared = work / "prepared"
     t0 = time.perf_counter()
-    ingest_manifest(synth.manifest_path, cfg, synth.out, prepared, chunk_size=8)
+    ingest_manifest(synth.manifest_path, cfg, synth.out, prepared, chunk_size=8,
+                    labels=cohort_task(cfg))
     return synth.out, prepared, time.perf_counter() - t0
 
 

@@ -96,6 +96,7 @@ def prepare(
     tiny recipe, in this process."""
     from fusion.data import PreparedCohort
     from fusion.experiment import Variant, model_config_for, split_cohort
+    from fusion.tasks import cohort_task
     from modalities.ingest import ingest_manifest
     from modalities.synth import SynthConfig, synth_cohort
     from workflows.config import load_config
@@ -113,7 +114,8 @@ def prepare(
 
     t0 = time.perf_counter()
     out = tmp / "prepared"
-    ingest_manifest(synth.manifest_path, cohort_cfg, synth.out, out, chunk_size=8)
+    ingest_manifest(synth.manifest_path, cohort_cfg, synth.out, out, chunk_size=8,
+                    labels=cohort_task(cohort_cfg))
     ingest_s = time.perf_counter() - t0
 
     cohort = PreparedCohort(out, cohort_cfg)

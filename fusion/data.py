@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from fusion.tasks import Task, cohort_task, get_task
 from modalities.base import Modality
 from modalities.cache import TensorCache
 from modalities.cohort import CohortConfig
+from modalities.cohort_table import CohortTable
 from modalities.errors import ConfigError
-
-LABEL_DTYPES = {"binary": torch.float32, "multiclass": torch.long, "multilabel": torch.float32}
 
 
 @dataclass
@@ -76,6 +76,7 @@ class PreparedCohort:
                               "run `clinfuse ingest` first")
         self.meta = json.loads(meta_path.read_text())
         self.cfg = cohort or CohortConfig.model_validate(self.meta["cohort"])
+        self.task_rules: Task = cohort_task(self.cfg)
         self.frame = pd.read_parquet(self.root / "cohort.parquet")
         self.cache = TensorCache(self.root / "cache")
         self.mods = self.cfg.build()
@@ -89,19 +90,18 @@ class PreparedCohort:
 
     @property
     def task(self) -> str:
+        """The task's name; ``task_rules`` is the ``fusion.tasks.Task`` itself."""
         return self.cfg.task
 
     @property
     def label_columns(self) -> list[str]:
-        return self.cfg.labels
+        """The label columns the task reads (none for contrastive)."""
+        return self.task_rules.label_columns(self.cfg)
 
     def usable(self, modalities: Sequence[str], labeled: bool = True) -> pd.DataFrame:
         """Rows not excluded, with at least one of ``modalities`` present (and labels)."""
         f = self.frame[~self.frame["excluded"].astype(bool)]
-        any_present = np.zeros(len(f), dtype=bool)
-        for m in modalities:
-            any_present |= (f[f"{m}_status"] == "ok").to_numpy()
-        f = f[any_present]
+        f = f[CohortTable.any_ok(f, modalities)]
         if labeled:
             f = f[f[self.label_columns].notna().all(axis=1)]
         return f.reset_index(drop=True)
@@ -127,11 +127,7 @@ class CohortDataset(Dataset):
             if set(label_columns) <= set(rows.columns)
             else np.full((len(rows), len(label_columns)), np.nan, np.float32)
         )
-        self.keys = {
-            m: [k if s == "ok" else None
-                for k, s in zip(rows[f"{m}_key"], rows[f"{m}_status"], strict=True)]
-            for m in mods
-        }
+        self.keys = {m: CohortTable.keys(rows, m) for m in mods}
         self.cache, self.mods = cache, mods
 
     def __len__(self) -> int:
@@ -159,9 +155,10 @@ def _scatter(value: Any, rows: list[int], size: int) -> Any:
 
 
 def collate_samples(
-    samples: list[dict[str, Any]], mods: dict[str, Modality], task: str
+    samples: list[dict[str, Any]], mods: dict[str, Modality], task: str | Task
 ) -> Batch:
-    """Batch items: each modality's collate over the rows that have it, then scatter."""
+    """Batch items: each modality's collate over the rows that have it, then scatter; the
+    task shapes the labels (``Task.batch_labels``)."""
     n = len(samples)
     inputs: dict[str, dict[str, Any]] = {}
     present: dict[str, torch.Tensor] = {}
@@ -173,19 +170,15 @@ def collate_samples(
             sub = mods[m].collate([samples[i][m] for i in rows])
             inputs[m] = {k: _scatter(v, rows, n) for k, v in sub.items()}
     labels_np = np.stack([np.asarray(s["label"], np.float32) for s in samples])
-    labels = None
-    if not np.isnan(labels_np).any():
-        labels = torch.from_numpy(labels_np)
-        labels = labels[:, 0] if task != "multilabel" else labels
-        labels = labels.to(LABEL_DTYPES[task])
+    labels = None if np.isnan(labels_np).any() else get_task(task).batch_labels(labels_np)
     return Batch(inputs, present, labels, [s["patient"] for s in samples])
 
 
 class Collator:
     """Picklable collate_fn for DataLoader workers."""
 
-    def __init__(self, mods: dict[str, Modality], task: str) -> None:
-        self.mods, self.task = mods, task
+    def __init__(self, mods: dict[str, Modality], task: str | Task) -> None:
+        self.mods, self.task = mods, get_task(task)
 
     def __call__(self, samples: list[dict[str, Any]]) -> Batch:
         return collate_samples(samples, self.mods, self.task)

@@ -335,28 +335,19 @@ def save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
 
 
 def _predictions_frame(result: Any, task: str) -> Any:
-    import numpy as np
-    import pandas as pd
+    """The test predictions table: the same columns as an in-process run's (the task's)."""
+    from fusion.tasks import get_task
 
     test = result.test
-    df = pd.DataFrame({"patient": test.patients})
-    probs = np.asarray(test.probs, dtype=float)
-    if task == "binary":
-        df["label"] = test.labels
-        df["probability"] = probs.reshape(-1)
-    else:
-        probs2 = probs.reshape(len(df), -1)
-        for k in range(probs2.shape[1]):
-            df[f"probability_{k}"] = probs2[:, k]
-    for m, p in test.present.items():
-        df[f"present_{m}"] = np.asarray(p, dtype=bool)
-    return df
+    return get_task(task).prediction_table(test.patients, test.probs, test.labels,
+                                           result.threshold, test.present)
 
 
 def run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
     """Split the cohort, train one variant (DDP when launched by torchrun), write outputs."""
     from fusion.data import PreparedCohort
     from fusion.experiment import plan_variants, split_cohort, train_variant
+    from fusion.train import monitored
 
     cohort_cfg, model_cfg, train_cfg = read_resolved_config(args.config)
     cohort = PreparedCohort(args.prepared, cohort_cfg)
@@ -396,7 +387,7 @@ def run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
         "backend": dist.get_backend() if distributed() else None,
         "per_process_batch_size": train_cfg.batch_size,
         "best_epoch": fit_res.best_epoch, "best_value": fit_res.best_value,
-        "monitor": train_cfg.monitor, "stopped_early": fit_res.stopped_early,
+        "monitor": monitored(train_cfg, cohort.task), "stopped_early": fit_res.stopped_early,
         "seconds": fit_res.seconds, "epochs": len(fit_res.history),
         "history": fit_res.history, "threshold": result.threshold,
         "splits": rows["split"].value_counts().to_dict(),

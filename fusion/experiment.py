@@ -16,7 +16,7 @@ import pandas as pd
 
 from fusion.config import ModelConfig
 from fusion.data import Collator, PreparedCohort
-from fusion.metrics import choose_threshold, evaluate, presence_pattern
+from fusion.metrics import presence_pattern
 from fusion.model import FusionModel, build_model
 from fusion.scoring import score_reference
 from fusion.splits import assign_splits, check_no_leakage
@@ -30,9 +30,8 @@ from fusion.train import (
     resolve_device,
     seed_everything,
 )
+from modalities.cohort_table import CohortTable
 from modalities.errors import ConfigError
-
-HEAD_FOR_TASK = {"binary": "binary", "multiclass": "multiclass", "multilabel": "multilabel"}
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,7 @@ def plan_variants(
 def split_cohort(cohort: PreparedCohort, cfg: TrainConfig) -> pd.DataFrame:
     """Usable labeled rows with a ``split`` column (manifest splits kept, rest stratified)."""
     rows = cohort.usable(list(cohort.mods))
-    labels = rows[cohort.label_columns].to_numpy()
-    labels = labels[:, 0] if cohort.task != "multilabel" else labels
+    labels = cohort.task_rules.label_array(rows, cohort.cfg)
     existing = [s if isinstance(s, str) else None for s in rows["split"]]
     rows = rows.assign(
         split=assign_splits(rows["patient"], labels, cfg.split_fractions, cfg.seed, existing)
@@ -83,39 +81,15 @@ def split_cohort(cohort: PreparedCohort, cfg: TrainConfig) -> pd.DataFrame:
     return rows
 
 
-def _class_weight_options(task: str, y: np.ndarray) -> dict[str, Any]:
-    """Inverse-prevalence loss weights for the head (binary pos_weight, class weights)."""
-    if task == "binary":
-        pos = float(y.sum())
-        return {"pos_weight": (len(y) - pos) / pos} if 0 < pos < len(y) else {}
-    if task == "multiclass":
-        counts = np.bincount(y.astype(int)).astype(float)
-        if (counts == 0).any():
-            return {}
-        return {"class_weights": (counts.sum() / (len(counts) * counts)).tolist()}
-    pos = y.sum(0)
-    if (pos == 0).any() or (pos == len(y)).any():
-        return {}
-    return {"pos_weight": ((len(y) - pos) / pos).tolist()}
-
-
 def model_config_for(
     cohort: PreparedCohort, base: ModelConfig, variant: Variant, train_labels: np.ndarray,
     class_weighting: bool,
 ) -> ModelConfig:
     """The variant's model config: its fusion name, the task's head and loss weights."""
-    head_opts = dict(base.head.options)
-    if cohort.task == "multiclass":
-        head_opts.setdefault("num_classes", len(cohort.cfg.classes or []) or
-                             int(np.nanmax(train_labels)) + 1)
-    if cohort.task == "multilabel":
-        head_opts.setdefault("labels", cohort.label_columns)
-    if class_weighting:
-        head_opts |= _class_weight_options(cohort.task, train_labels)
+    task = cohort.task_rules
+    head_opts = task.head_options(cohort.cfg, base.head.options, train_labels, class_weighting)
     fusion = base.fusion.model_copy(update={"name": variant.fusion})
-    head = base.head.model_copy(
-        update={"name": HEAD_FOR_TASK[cohort.task], "options": head_opts}
-    )
+    head = base.head.model_copy(update={"name": task.head, "options": head_opts})
     return base.model_copy(update={"fusion": fusion, "head": head})
 
 
@@ -135,9 +109,8 @@ class VariantResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def _labels(cohort: PreparedCohort, rows: pd.DataFrame) -> np.ndarray:
-    y = rows[cohort.label_columns].to_numpy(dtype=float)
-    return y[:, 0] if cohort.task != "multilabel" else y
+def _labels(cohort: PreparedCohort, rows: pd.DataFrame) -> np.ndarray | None:
+    return cohort.task_rules.label_array(rows, cohort.cfg)
 
 
 def train_variant(
@@ -156,17 +129,15 @@ def train_variant(
     """
     seed_everything(train_cfg.seed)
     device = resolve_device(train_cfg.device)
+    task = cohort.task_rules
     mods = {m: cohort.mods[m] for m in variant.modalities}
-    has_any = np.zeros(len(rows), dtype=bool)
-    for m in variant.modalities:
-        has_any |= (rows[f"{m}_status"] == "ok").to_numpy()
+    has_any = CohortTable.any_ok(rows, variant.modalities)
     train_rows = rows[(rows["split"] == "train") & has_any]
     y_train = _labels(cohort, train_rows)
-    prior = (y_train.mean(0) if cohort.task != "multiclass"
-             else np.bincount(y_train.astype(int)) / len(y_train)).tolist()
+    prior = task.prior(y_train)
     mcfg = model_config_for(cohort, model_cfg, variant, y_train, train_cfg.class_weighting)
     model = build_model(mcfg, {m: mods[m].encoder() for m in variant.modalities})
-    collate = Collator(mods, cohort.task)
+    collate = Collator(mods, task)
 
     def loader(split: str, shuffle: bool, subset: np.ndarray | None = None):
         sel = rows["split"] == split
@@ -178,38 +149,34 @@ def train_variant(
     train_loader, _ = loader("train", True, has_any)
     val_loader, _ = loader("val", False, has_any)
 
-    def validate(pred: Predictions) -> dict[str, float]:
-        return evaluate(cohort.task, pred.labels, pred.probs, n_boot=0,
-                        label_names=cohort.label_columns if cohort.task == "multilabel" else None)
+    names = task.label_names(cohort.cfg)
 
-    result = fit(model, train_loader, val_loader, train_cfg, cohort.task, validate, on_epoch)
-    val_pred = predict(model, val_loader, cohort.task, device, train_cfg.bf16)
-    threshold = (
-        choose_threshold(val_pred.labels, val_pred.probs, train_cfg.threshold_rule)
-        if cohort.task == "binary" and len(np.unique(val_pred.labels)) == 2 else 0.5
-    )
+    def validate(pred: Predictions) -> dict[str, float]:
+        return task.evaluate(pred.labels, pred.probs, n_boot=0, label_names=names,
+                             present=pred.present)
+
+    result = fit(model, train_loader, val_loader, train_cfg, task, validate, on_epoch)
+    val_pred = predict(model, val_loader, task, device, train_cfg.bf16)
+    threshold = task.choose_threshold(val_pred.labels, val_pred.probs, train_cfg.threshold_rule)
     test = _predict_all(model, cohort, rows[rows["split"] == "test"], variant, collate,
                         train_cfg, device, prior)
-    metrics = evaluate(
-        cohort.task, test.labels, test.probs,
-        threshold=threshold if cohort.task == "binary" else None,
+    metrics = task.evaluate(
+        test.labels, test.probs, threshold=threshold,
         groups={"present": presence_pattern(test.present)},
-        n_boot=train_cfg.n_boot, seed=train_cfg.seed,
-        label_names=cohort.label_columns if cohort.task == "multilabel" else None,
+        n_boot=train_cfg.n_boot, seed=train_cfg.seed, label_names=names, present=test.present,
     )
     predictor_config = {
         "cohort": cohort.cfg.model_dump(mode="json"),
         "model": mcfg.model_dump(mode="json"),
         "modalities": list(variant.modalities),
         "threshold": threshold,
-        "prior": prior if cohort.task != "binary" else float(np.asarray(prior).reshape(-1)[0]),
-        "label_names": cohort.label_columns if cohort.task != "multiclass"
-        else (cohort.cfg.classes or None),
+        "prior": prior,
+        "label_names": names,
         "task": cohort.task,
         # Drift reference for scoring: the test split's score histogram and presence rates.
         "reference": score_reference(
             test.probs, {m: float(np.mean(p)) for m, p in test.present.items()}, prior
-        ),
+        ) if task.scores else None,
     }
     return VariantResult(variant, model, mcfg, predictor_config, result, threshold, test,
                          metrics, prior)
@@ -220,17 +187,14 @@ def _predict_all(
     collate: Collator, cfg: TrainConfig, device: Any, prior: Any,
 ) -> Predictions:
     """Predict every row; rows without any of the variant's modalities get the prior."""
-    has_any = np.zeros(len(rows), dtype=bool)
-    for m in variant.modalities:
-        has_any |= (rows[f"{m}_status"] == "ok").to_numpy()
+    task = cohort.task_rules
+    has_any = CohortTable.any_ok(rows, variant.modalities)
     all_present = cohort.dataset(rows, list(cohort.mods)).presence()
     labels = _labels(cohort, rows)
-    n_out = 1 if cohort.task == "binary" else len(np.atleast_1d(prior))
-    probs = np.tile(np.asarray(prior, dtype=float).reshape(1, -1), (len(rows), 1))
+    part = None
     if has_any.any():
         part = predict(model, make_loader(cohort.dataset(rows[has_any], variant.modalities),
                                           collate, cfg, False, device),
-                       cohort.task, device, cfg.bf16)
-        probs[has_any] = part.probs.reshape(-1, n_out)
-    probs = probs[:, 0] if cohort.task == "binary" else probs
+                       task, device, cfg.bf16).probs
+    probs = task.fill_missing(part, has_any, prior)
     return Predictions(rows["patient"].astype(str).tolist(), probs, labels, all_present)

@@ -192,13 +192,16 @@ class MultilabelHead(ClassificationHead):
 
 @register_head("contrastive")
 class ContrastiveHead(Head):
-    """CLIP-style symmetric InfoNCE between two modalities' pooled embeddings.
+    """CLIP-style symmetric InfoNCE between two or more modality towers.
 
-    Uses ``out.pooled`` (pre-fusion, so neither side sees the other), projects both to a
-    shared ``proj_dim`` space, L2-normalises, and scores all pairs with a learnable
-    temperature (``logit_scale``, initialised to 1/0.07, capped at 100 as in CLIP).
-    ``logits`` (B, B): row i = modality ``pair[0]`` of sample i against ``pair[1]`` of every
-    sample. The loss uses only rows where both modalities are present; labels are ignored.
+    Uses ``out.pooled`` (pre-fusion, so no tower sees another), projects each tower to a
+    shared ``proj_dim`` space, L2-normalises, and scores pairs with a learnable temperature
+    (``logit_scale``, initialised to 1/0.07, capped at 100 as in CLIP). ``towers`` (default:
+    ``pair`` when given, else every modality of the model) are contrasted pairwise; the loss
+    is the mean over tower pairs of the symmetric InfoNCE on rows where both are present.
+    Outputs: ``logits`` (B, B) of the first pair (row i = tower 0 of sample i against tower 1
+    of every sample), ``embeddings`` (B, T, proj_dim) in sorted tower order. Labels are
+    ignored: the pairing is the supervision.
     """
 
     def __init__(
@@ -207,23 +210,40 @@ class ContrastiveHead(Head):
         modalities: Sequence[str],
         *,
         pair: Sequence[str] | None = None,
+        towers: Sequence[str] | None = None,
         proj_dim: int = 128,
         temperature: float = 0.07,
     ) -> None:
         super().__init__(d_model, modalities)
-        chosen = list(pair) if pair is not None else self.modalities[:2]
-        if len(chosen) != 2 or len(set(chosen)) != 2 or not set(chosen) <= set(self.modalities):
+        what = "towers" if towers is not None else "pair"
+        chosen = list(towers if towers is not None else pair if pair is not None
+                      else self.modalities)
+        size_ok = len(chosen) >= 2 if pair is None or towers is not None else len(chosen) == 2
+        if not size_ok or len(set(chosen)) != len(chosen) or not set(chosen) <= set(
+            self.modalities
+        ):
             raise ConfigError(
-                f"contrastive head needs two distinct modalities of the model "
-                f"({', '.join(self.modalities)}) as pair, got {chosen}"
+                f"contrastive head needs distinct modalities of the model "
+                f"({', '.join(self.modalities)}) as {what} (two for pair, two or more as "
+                f"towers), got {chosen}"
             )
         self.pair = (chosen[0], chosen[1])
-        self.proj = nn.ModuleDict({m: nn.Linear(d_model, proj_dim) for m in self.pair})
+        self.towers = sorted(chosen)
+        self.proj = nn.ModuleDict({m: nn.Linear(d_model, proj_dim) for m in self.towers})
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
 
     def embed(self, out: FusionOutput, name: str) -> torch.Tensor:
         """Normalised shared-space embedding (B, proj_dim) of modality ``name``."""
         return F.normalize(self.proj[name](out.pooled[name]).float(), dim=-1)
+
+    @staticmethod
+    def _infonce(sim: torch.Tensor, both: torch.Tensor) -> torch.Tensor | None:
+        idx = both.nonzero().squeeze(1)
+        if idx.numel() < 2:
+            return None
+        sub = sim.index_select(0, idx).index_select(1, idx)
+        target = torch.arange(sub.shape[0], device=sub.device)
+        return (F.cross_entropy(sub, target) + F.cross_entropy(sub.T, target)) / 2
 
     def forward(
         self,
@@ -231,19 +251,22 @@ class ContrastiveHead(Head):
         present: dict[str, torch.Tensor],
         labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        a, b = self.pair
-        za, zb = self.embed(out, a), self.embed(out, b)
+        z = {m: self.embed(out, m) for m in self.towers}
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        logits = scale * za @ zb.T
-        both = present[a].bool() & present[b].bool()
-        idx = both.nonzero().squeeze(1)
-        sub = logits.index_select(0, idx).index_select(1, idx)
-        target = torch.arange(sub.shape[0], device=sub.device)
-        if sub.shape[0] >= 2:
-            loss = (F.cross_entropy(sub, target) + F.cross_entropy(sub.T, target)) / 2
-        else:  # nothing to contrast; keep the graph so the step still works
-            loss = logits.sum() * 0.0
-        return {"logits": logits, "loss": loss}
+        a, b = self.pair
+        logits = scale * z[a] @ z[b].T
+        losses = []
+        for i, m in enumerate(self.towers):
+            for n in self.towers[i + 1:]:
+                sim = logits if (m, n) == (a, b) else (
+                    logits.T if (n, m) == (a, b) else scale * z[m] @ z[n].T)
+                loss = self._infonce(sim, present[m].bool() & present[n].bool())
+                if loss is not None:
+                    losses.append(loss)
+        # Nothing to contrast: keep the graph so the step still works.
+        loss = torch.stack(losses).mean() if losses else logits.sum() * 0.0
+        embeddings = torch.stack([z[m] for m in self.towers], 1)
+        return {"logits": logits, "loss": loss, "embeddings": embeddings}
 
 
 def head_names() -> list[str]:

@@ -23,7 +23,8 @@ import torch
 from fusion.config import ModelConfig
 from fusion.data import collate_samples
 from fusion.model import FusionModel, build_model
-from fusion.train import autocast, probabilities, resolve_device
+from fusion.tasks import Task, cohort_task
+from fusion.train import autocast, resolve_device
 from modalities.base import Modality
 from modalities.cohort import CohortConfig
 from modalities.errors import InputRejected
@@ -52,6 +53,7 @@ class Predictor:
         )
         self.device = resolve_device(device)
         self.task = self.cohort.task
+        self.task_rules: Task = cohort_task(self.cohort)
         self.threshold = float(config.get("threshold", 0.5))
         self.prior = config.get("prior", 0.5)
 
@@ -65,17 +67,16 @@ class Predictor:
 
         Rows with none of the model's modalities get the training prior.
         """
-        n_out = 1 if self.task == "binary" else len(np.atleast_1d(self.prior))
-        out = np.tile(np.asarray(self.prior, dtype=np.float32), (len(samples), 1))
-        usable = [i for i, s in enumerate(samples) if any(m in s for m in self.modalities)]
-        if usable:
-            batch = collate_samples([samples[i] for i in usable], self.mods, self.task)
+        mask = np.array([any(m in s for m in self.modalities) for s in samples], dtype=bool)
+        outputs = None
+        if mask.any():
+            batch = collate_samples([s for s, u in zip(samples, mask, strict=True) if u],
+                                    self.mods, self.task_rules)
             batch = batch.to(self.device)
             with autocast(self.device, True):
-                logits = self.model(batch.inputs, batch.present)["logits"]
-            probs = probabilities(self.task, logits).float().cpu().numpy()
-            out[usable] = probs.reshape(len(usable), n_out)
-        return out[:, 0] if self.task == "binary" else out
+                result = self.model(batch.inputs, batch.present)
+            outputs = self.task_rules.outputs(result).float().cpu().numpy()
+        return self.task_rules.fill_missing(outputs, mask, self.prior, np.float32)
 
     def _load_row(self, row: pd.Series, i: int) -> tuple[dict[str, Any], dict[str, str]]:
         sample: dict[str, Any] = {"patient": str(i), "label": np.array([np.nan], np.float32)}
@@ -119,28 +120,20 @@ class Predictor:
         present: dict[str, list[bool]],
         rejected: list[str],
     ) -> pd.DataFrame:
-        """The output columns of ``predict_dataframe`` (also the MLflow signature's)."""
-        out = pd.DataFrame(index=index)
-        if self.task == "binary":
-            out["probability"] = probs
-            out["prediction"] = (probs >= self.threshold).astype(int)
-            out["threshold"] = self.threshold
-        else:
-            names = self.config.get("label_names") or [str(k) for k in range(probs.shape[1])]
-            for k, name in enumerate(names):
-                out[f"probability_{name}"] = probs[:, k]
-            out["prediction"] = (
-                probs.argmax(1)
-                if self.task == "multiclass"
-                else [
-                    ",".join(n for n, p in zip(names, r, strict=True) if p >= self.threshold)
-                    for r in probs
-                ]
-            )
+        """The output columns of ``predict_dataframe`` (also the MLflow signature's): the
+        task's probability and decision columns, then presence and rejection reasons."""
+        out = self.task_rules.output_frame(
+            index, probs, self.config.get("label_names") or self._towers(), self.threshold
+        )
         for m in self.modalities:
             out[f"present_{m}"] = present[m]
         out["rejected"] = rejected
         return out
+
+
+    def _towers(self) -> list[str] | None:
+        """Contrastive output names: the model's modalities (classification: None)."""
+        return None if self.task_rules.scores else self.modalities
 
 
 def build_predictor(config: dict[str, Any]) -> Predictor:
@@ -196,9 +189,10 @@ def example_io(config: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     inp = pd.DataFrame([row])
     shell = Predictor.__new__(Predictor)  # output_frame needs only these attributes
     shell.config, shell.task, shell.modalities = config, cohort.task, modalities
+    shell.task_rules = cohort_task(cohort)
     shell.threshold = float(config.get("threshold") or 0.5)
-    prior = np.atleast_1d(np.asarray(config.get("prior", 0.5), dtype=np.float32))
-    probs = prior[:1] if cohort.task == "binary" else prior.reshape(1, -1)
+    prior = config.get("prior", 0.5)
+    probs = shell.task_rules.fill_missing(None, np.zeros(1, bool), prior, np.float32)
     out = shell.output_frame(inp.index, probs, {m: [False] for m in modalities}, [""])
     return inp, out
 

@@ -39,6 +39,7 @@ from fusion.distributed import (
     world_size,
     wrap_ddp,
 )
+from fusion.tasks import Task, get_task
 
 
 class TrainConfig(BaseModel):
@@ -73,7 +74,10 @@ class TrainConfig(BaseModel):
         description="per-step decay of an exponential moving average of the weights that "
         "is validated, kept and returned (0 = off); steadies small-batch training",
     )
-    monitor: str = Field("auroc", description="validation metric for early stopping")
+    monitor: str | None = Field(
+        None, description="validation metric for early stopping (default: the task's, e.g. "
+        "auroc for binary, auroc_macro for multiclass/multilabel, recall@1 for contrastive)",
+    )
     monitor_mode: Literal["max", "min"] = "max"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -98,13 +102,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
-    """Logits -> probabilities: sigmoid (binary: (B,), multilabel: (B, L)), softmax (multiclass)."""
-    logits = logits.float()
-    if task == "multiclass":
-        return logits.softmax(-1)
-    p = logits.sigmoid()
-    return p.reshape(-1) if task == "binary" else p
+def probabilities(task: str | Task, logits: torch.Tensor) -> torch.Tensor:
+    """Logits -> probabilities by the task's rule (``Task.probabilities``)."""
+    return get_task(task).probabilities(logits)
+
+
+def monitored(cfg: TrainConfig, task: str | Task) -> str:
+    """The validation metric early stopping watches: ``train.monitor`` or the task's."""
+    return cfg.monitor or get_task(task).monitor
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -138,9 +143,12 @@ class FitResult:
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, loader: DataLoader, task: str, device: torch.device, bf16: bool = True
+    model: nn.Module, loader: DataLoader, task: str | Task, device: torch.device,
+    bf16: bool = True,
 ) -> Predictions:
-    """Run the model over ``loader`` (eval mode, inference mode, bf16 on CUDA)."""
+    """Run the model over ``loader`` (eval mode, inference mode, bf16 on CUDA); ``probs``
+    holds what the task keeps per row (``Task.outputs``: probabilities, or embeddings)."""
+    task = get_task(task)
     model.eval()
     patients: list[str] = []
     probs, labels = [], []
@@ -149,7 +157,7 @@ def predict(
         batch = batch.to(device)
         with autocast(device, bf16):
             out = model(batch.inputs, batch.present)
-        probs.append(probabilities(task, out["logits"]).cpu().numpy())
+        probs.append(task.outputs(out).cpu().numpy())
         if batch.labels is not None:
             labels.append(batch.labels.cpu().numpy())
         patients += batch.patients
@@ -265,11 +273,12 @@ def fit(
     train_loader: DataLoader,
     val_loader: DataLoader,
     cfg: TrainConfig,
-    task: str,
+    task: str | Task,
     validate: Callable[[Predictions], dict[str, float]],
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
-    """Train with early stopping on ``validate(...)[cfg.monitor]``; return the best weights.
+    """Train with early stopping on ``validate(...)[monitored(cfg, task)]``; return the best
+    weights.
 
     ``on_epoch(epoch, metrics)`` receives ``train_loss``, ``lr``, ``epoch_seconds`` and
     ``val_<metric>`` for every epoch (the tracker logs them in one batch).
@@ -281,6 +290,8 @@ def fit(
     the same best weights and stops at the same epoch.
     """
     t_start = time.perf_counter()
+    task = get_task(task)
+    monitor = monitored(cfg, task)
     device = resolve_device(cfg.device)
     model.to(device)
     ddp = distributed()
@@ -346,7 +357,7 @@ def fit(
                 val = validate(predict(model, val_loader, task, device, cfg.bf16))
             metrics |= {f"val_{k}": v for k, v in val.items()}
             metrics["epoch_seconds"] = time.perf_counter() - t0
-            raw = val.get(cfg.monitor, math.nan)
+            raw = val.get(monitor, math.nan)
             if not math.isnan(raw):  # an undefined epoch leaves the average where it was
                 smoothed = raw if math.isnan(smoothed) else (
                     cfg.smoothing * smoothed + (1 - cfg.smoothing) * raw)
@@ -354,7 +365,7 @@ def fit(
             else:
                 value = math.nan
             if cfg.smoothing > 0:
-                metrics[f"val_{cfg.monitor}_smoothed"] = value
+                metrics[f"val_{monitor}_smoothed"] = value
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
             improved = not math.isnan(value) and sign * value > sign * best.best_value

@@ -7,8 +7,9 @@ cells mean "not available".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -41,7 +42,9 @@ class CohortConfig(BaseModel):
     modalities: dict[str, ModalityEntry]
     id_column: str = "patient_id"
     labels: list[str] = Field(default_factory=lambda: ["label"])
-    task: Literal["binary", "multiclass", "multilabel"] = "binary"
+    # A registered task (fusion.tasks: binary, multiclass, multilabel, contrastive); the
+    # task checks the label columns against its rules when it is looked up.
+    task: str = "binary"
     classes: list[str] | None = None  # multiclass: class names in order (else 0..K-1 ints)
     split_column: str = "split"
     on_bad_input: Literal["drop_modality", "drop_patient"] = "drop_modality"
@@ -50,10 +53,6 @@ class CohortConfig(BaseModel):
     def _check(self) -> CohortConfig:
         if not self.modalities:
             raise ValueError("cohort.modalities is empty; name at least one modality")
-        if self.task == "multilabel" and len(self.labels) < 2:
-            raise ValueError("task 'multilabel' needs two or more label columns in cohort.labels")
-        if self.task != "multilabel" and len(self.labels) != 1:
-            raise ValueError(f"task {self.task!r} takes exactly one label column")
         return self
 
     def column(self, name: str) -> str:
@@ -113,42 +112,53 @@ def check_manifest_columns(df: pd.DataFrame, cfg: CohortConfig, path: Path) -> N
         )
 
 
-def parse_labels(row: pd.Series, cfg: CohortConfig) -> list[float] | None:
-    """Labels of one row as floats; None when unlabeled; InputRejected(BAD_LABEL) when invalid."""
-    present = [c for c in cfg.labels if c in row.index]
+class LabelParser(Protocol):
+    """What ingest needs from the cohort's task: raw label cells -> floats.
+
+    The task (``fusion.tasks``) owns its label rules; ingest receives it from the caller
+    (``workflows``), so this package never imports the model core. The raw-value rules it
+    composes (``flag_value``, ``class_index``) live here.
+    """
+
+    def parse_labels(self, row: Mapping[str, str], cfg: CohortConfig) -> list[float] | None:
+        """Labels of one manifest row; None when unlabeled; InputRejected(BAD_LABEL)."""
+        ...
+
+
+def label_cells(row: Mapping[str, str], cfg: CohortConfig) -> dict[str, str] | None:
+    """The row's label cells by column, or None when no label cell is filled (unlabeled)."""
+    present = [c for c in cfg.labels if c in row]
     if not present or all(row[c] == "" for c in present):
         return None
-    values: list[float] = []
-    for col in cfg.labels:
-        raw = row.get(col, "")
-        if cfg.task == "multiclass":
-            values.append(_class_index(raw, cfg, col))
-            continue
-        low = raw.lower()
-        if low in _TRUE:
-            values.append(1.0)
-        elif low in _FALSE:
-            values.append(0.0)
-        else:
-            raise InputRejected(
-                ReasonCode.BAD_LABEL,
-                f"label column {col!r} holds a value that is not binary (0/1/true/false)"
-                + (" or is empty" if raw == "" else "")
-                + "; fix the manifest or leave every label cell empty for unlabeled rows",
-            )
-    return values
+    return {c: row.get(c, "") for c in cfg.labels}
 
 
-def _class_index(raw: str, cfg: CohortConfig, col: str) -> float:
-    if cfg.classes and raw in cfg.classes:
-        return float(cfg.classes.index(raw))
+def flag_value(raw: str, col: str) -> float:
+    """A 0/1 label cell (0/1/true/false/yes/no/positive/negative) as 0.0 or 1.0."""
+    low = raw.lower()
+    if low in _TRUE:
+        return 1.0
+    if low in _FALSE:
+        return 0.0
+    raise InputRejected(
+        ReasonCode.BAD_LABEL,
+        f"label column {col!r} holds a value that is not binary (0/1/true/false)"
+        + (" or is empty" if raw == "" else "")
+        + "; fix the manifest or leave every label cell empty for unlabeled rows",
+    )
+
+
+def class_index(raw: str, classes: list[str] | None, col: str) -> float:
+    """A class label cell as its index: a name of ``classes`` or a non-negative integer."""
+    if classes and raw in classes:
+        return float(classes.index(raw))
     try:
         k = int(float(raw))
     except ValueError:
         k = -1
-    limit = len(cfg.classes) if cfg.classes else None
+    limit = len(classes) if classes else None
     if k < 0 or (limit is not None and k >= limit) or (raw and float(raw) != k):
-        valid = cfg.classes or "non-negative integers"
+        valid = classes or "non-negative integers"
         raise InputRejected(
             ReasonCode.BAD_LABEL,
             f"label column {col!r} holds a value that is not a class (valid: {valid})",

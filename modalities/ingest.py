@@ -29,10 +29,17 @@ from modalities.base import Modality
 from modalities.cache import TensorCache, atomic_write
 from modalities.cohort import (
     CohortConfig,
+    LabelParser,
     check_manifest_columns,
-    parse_labels,
     parse_split,
     read_manifest,
+)
+from modalities.cohort_table import (
+    QUARANTINE_COLUMNS,
+    STATUS_MISSING,
+    STATUS_OK,
+    STATUS_QUARANTINED,
+    CohortTable,
 )
 from modalities.errors import InputRejected, ReasonCode
 from modalities.paths import SeriesRef, safe_reference, stat_fingerprint
@@ -40,8 +47,6 @@ from modalities.pseudonym import Pseudonymizer
 
 log = logging.getLogger("clinfuse.ingest")
 
-STATUS_OK, STATUS_MISSING, STATUS_QUARANTINED = "ok", "missing", "quarantined"
-QUARANTINE_COLUMNS = ["patient", "modality", "source", "code", "message"]
 
 
 @dataclass
@@ -163,8 +168,12 @@ def ingest_patient(
     pseudo: Pseudonymizer,
     duplicates: list[int] | None = None,
     rejected: dict[str, InputRejected] | None = None,
+    *,
+    labels: LabelParser,
 ) -> PatientOutcome:
     """Process one manifest row: labels, split, then every modality cell independently.
+
+    ``labels`` is the cohort's task (``fusion.tasks.cohort_task``): it owns the label rules.
 
     ``rejected`` maps modalities to a rejection decided beforehand (an input that timed
     out): those cells are quarantined without being read again.
@@ -195,7 +204,7 @@ def ingest_patient(
                 f"the same patient ID is on manifest rows {sorted([row_no, *others])}; keep one "
                 "row per patient (merge the inputs) and re-run",
             )
-        labels = parse_labels(row, cfg)
+        values = labels.parse_labels(row, cfg)
         split = parse_split(row, cfg)
     except Exception as exc:  # InputRejected, or a bug in parsing: the row, not the run
         for m in given:
@@ -203,26 +212,27 @@ def ingest_patient(
             err = exc if isinstance(exc, InputRejected) else internal_error(exc, ref)
             quarantine(m, err.with_source(ref))
         return out  # out.row stays minimal: the patient is not in the cohort
-    out.row.update(_label_columns(labels, cfg), split=split, excluded=False)
+    out.row.update(_label_columns(values, cfg), split=split, excluded=False)
 
     for m in sorted(mods):
         if cells[m] == "":
-            out.row[f"{m}_status"], out.row[f"{m}_key"] = STATUS_MISSING, None
+            _set_status(out.row, m, STATUS_MISSING, None)
             continue
         ref = safe_reference(row_no, cfg.column(m))
         try:
             if m in rejected:
                 raise rejected[m].with_source(ref)
             key, computed = ingest_input(mods[m], cells[m], root, cache, ref)
-            out.row[f"{m}_status"], out.row[f"{m}_key"] = STATUS_OK, key
+            _set_status(out.row, m, STATUS_OK, key)
             out.computed += computed
         except Exception as exc:  # one input's failure never stops the row or the run
             err = exc if isinstance(exc, InputRejected) else internal_error(exc, ref)
-            out.row[f"{m}_status"], out.row[f"{m}_key"] = STATUS_QUARANTINED, None
+            _set_status(out.row, m, STATUS_QUARANTINED, None)
             quarantine(m, err)
-    statuses = [out.row[f"{m}_status"] for m in mods]
+    statuses = [out.row[CohortTable.status_column(m)] for m in mods]
     required_missing = any(
-        cfg.modalities[m].required and out.row[f"{m}_status"] != STATUS_OK for m in mods
+        cfg.modalities[m].required and out.row[CohortTable.status_column(m)] != STATUS_OK
+        for m in mods
     )
     out.row["excluded"] = (
         required_missing
@@ -230,6 +240,10 @@ def ingest_patient(
         or (cfg.on_bad_input == "drop_patient" and STATUS_QUARANTINED in statuses)
     )
     return out
+
+
+def _set_status(row: dict[str, Any], m: str, status: str, key: str | None) -> None:
+    row[CohortTable.status_column(m)], row[CohortTable.key_column(m)] = status, key
 
 
 def _label_columns(labels: list[float] | None, cfg: CohortConfig) -> dict[str, float | None]:
@@ -248,11 +262,14 @@ def ingest_rows(
     allow_demo_key: bool = False,
     only: str | None = None,
     rejected: dict[int, dict[str, tuple[str, str]]] | None = None,
+    *,
+    labels: LabelParser,
 ) -> list[PatientOutcome]:
     """Process a chunk of manifest rows (one Prefect task); never raises for bad input.
 
-    ``only`` restricts the work to one modality (the flow probes a timed-out chunk input
-    by input); ``rejected`` maps row -> modality -> ``(code, message)`` decided beforehand.
+    ``labels`` parses the label cells (the cohort's task, see ``ingest_patient``). ``only``
+    restricts the work to one modality (the flow probes a timed-out chunk input by input);
+    ``rejected`` maps row -> modality -> ``(code, message)`` decided beforehand.
     """
     df = load_manifest(manifest)
     mods = cfg.build()
@@ -275,6 +292,7 @@ def ingest_rows(
             pseudo,
             duplicate_rows.get(i),
             decided.get(i),
+            labels=labels,
         )
         for i in rows
     ]
@@ -308,14 +326,8 @@ def write_prepared(
     """Write cohort.parquet, quarantine.parquet and prepared.json atomically; return summary."""
     out_dir = Path(out_dir)
     mods = sorted(cfg.modalities)
-    cols = ["patient", *cfg.labels, "split", "excluded"]
-    cols += [c for m in mods for c in (f"{m}_status", f"{m}_key")]
-    cohort = pd.DataFrame([o.row for o in outcomes if "excluded" in o.row], columns=cols)
-    cohort = cohort.astype({"split": "string", "excluded": "bool"})
-    for m in mods:
-        cohort = cohort.astype({f"{m}_status": "string", f"{m}_key": "string"})
-    for lab in cfg.labels:
-        cohort[lab] = pd.to_numeric(cohort[lab]).astype("float64")
+    table = CohortTable.of(mods, cfg.labels)
+    cohort = table.frame([o.row for o in outcomes if "excluded" in o.row])
     quarantine = pd.DataFrame(
         [q for o in outcomes for q in o.quarantine], columns=QUARANTINE_COLUMNS
     ).astype("string")
@@ -340,10 +352,13 @@ def ingest_manifest(
     out_dir: Path,
     chunk_size: int = 16,
     allow_demo_key: bool = False,
+    *,
+    labels: LabelParser,
 ) -> dict[str, Any]:
     """The whole ingest in this process, no Prefect (tests, benchmarks, notebooks).
 
     Same result as the flow: plan, every chunk, then ``write_prepared``; returns the summary.
+    ``labels``: the cohort's task, e.g. ``fusion.tasks.cohort_task(cfg)``.
     """
     plan = plan_ingest(Path(manifest), cfg, chunk_size)
     outcomes = [
@@ -357,6 +372,7 @@ def ingest_manifest(
             Path(out_dir),
             plan.duplicate_rows,
             allow_demo_key,
+            labels=labels,
         )
     ]
     key_id = Pseudonymizer.from_env(allow_demo=allow_demo_key).key_id

@@ -24,6 +24,7 @@ import torch
 from fusion.config import ModelConfig
 from fusion.data import Collator, PreparedCohort
 from fusion.experiment import Variant, VariantResult, plan_variants, split_cohort, train_variant
+from fusion.tasks import get_task
 from fusion.train import TrainConfig, autocast, resolve_device
 from registry import plots
 from registry.compare import WARNING_TAG, ci_pairs, reliability_warnings, warning_text
@@ -80,21 +81,16 @@ def _binary_plots(tracker: Tracker, y: np.ndarray, p: np.ndarray, threshold: flo
     )
 
 
+# Plots a task adds to its runs, by task name (a lookup, not a branch per task).
+_TASK_PLOTS: dict[str, Callable[[Tracker, np.ndarray, np.ndarray, float], None]] = {
+    "binary": _binary_plots,
+}
+
+
 def _predictions_table(res: VariantResult, task: str) -> pd.DataFrame:
     test = res.test
-    df = pd.DataFrame({"patient": test.patients})
-    if task == "binary":
-        df["label"] = test.labels
-        df["probability"] = test.probs
-        df["prediction"] = (test.probs >= res.threshold).astype(int)
-        df["threshold"] = res.threshold
-    else:
-        probs = np.atleast_2d(test.probs)
-        for k in range(probs.shape[1]):
-            df[f"probability_{k}"] = probs[:, k]
-    for m, p in test.present.items():
-        df[f"present_{m}"] = p.astype(bool)
-    return df
+    return get_task(task).prediction_table(test.patients, test.probs, test.labels,
+                                           res.threshold, test.present)
 
 
 def _model_card(res: VariantResult, cohort: PreparedCohort, rows: pd.DataFrame, chash: str) -> str:
@@ -268,8 +264,9 @@ def train_one(
         tracker.log_figure(
             plots.training_curves_figure(history, res.fit.best_epoch), "plots/training_curves.png"
         )
-        if cohort.task == "binary" and res.test.labels is not None:
-            _binary_plots(tracker, res.test.labels, res.test.probs, res.threshold)
+        task_plots = _TASK_PLOTS.get(cohort.task)
+        if task_plots is not None and res.test.labels is not None:
+            task_plots(tracker, res.test.labels, res.test.probs, res.threshold)
         tracker.log_table(_predictions_table(res, cohort.task), "predictions")
         tracker.log_text(_model_card(res, cohort, rows, chash), "model_card.md")
         _log_explanations(tracker, res, cohort, rows)

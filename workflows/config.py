@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fusion.config import ModelConfig
+from fusion.tasks import cohort_task
 from fusion.train import TrainConfig
 from modalities.cohort import CohortConfig
 from modalities.errors import ConfigError
@@ -104,6 +105,16 @@ class Config(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @field_validator("cohort")
+    @classmethod
+    def _known_task(cls, v: CohortConfig) -> CohortConfig:
+        """The task must be registered and accept the label columns (fusion.tasks)."""
+        try:
+            cohort_task(v)
+        except ConfigError as err:
+            raise ValueError(f"cohort.task: {err}") from None
+        return v
 
 
 def load_config(name_or_path: str = "default", overrides: list[str] | None = None) -> Config:

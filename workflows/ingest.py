@@ -20,6 +20,7 @@ configure_runtime()
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 
+from fusion.tasks import cohort_task  # noqa: E402
 from modalities.cohort import CohortConfig  # noqa: E402
 from modalities.errors import ReasonCode  # noqa: E402
 from modalities.ingest import (  # noqa: E402
@@ -66,6 +67,7 @@ def ingest_chunk(
         allow_demo_key,
         only,
         rejected,
+        labels=cohort_task(cfg),  # the task owns the label rules (modalities cannot import it)
     )
 
 
@@ -104,7 +106,8 @@ class _Chunks:
         """The row with every input rejected for ``reason``, computed here, reading nothing."""
         m, _, r, o, d, a = self.fixed
         rejected = {row: dict.fromkeys(given_modalities(Path(m), row, self.cohort), reason)}
-        return ingest_rows(Path(m), [row], self.cohort, Path(r), Path(o), d, a, rejected=rejected)
+        return ingest_rows(Path(m), [row], self.cohort, Path(r), Path(o), d, a, rejected=rejected,
+                           labels=cohort_task(self.cohort))
 
 
 def _isolate(

@@ -34,6 +34,7 @@ def train_experiment_task(
     workdir: str,
 ) -> dict[str, Any]:
     """Train all variants on one split (domain: ``registry.experiment.run_experiment``)."""
+    from fusion.train import monitored
     from registry.experiment import run_experiment
     from workflows.progress import epoch_callback
 
@@ -41,7 +42,7 @@ def train_experiment_task(
     return run_experiment(
         Path(prepared), cfg.cohort, cfg.model, cfg.train, cfg.model_dump(mode="json"),
         fusions, baselines, experiment, register_as, tracking_uri, Path(workdir),
-        on_epoch=epoch_callback(cfg.train.max_epochs, cfg.train.monitor),
+        on_epoch=epoch_callback(cfg.train.max_epochs, monitored(cfg.train, cfg.cohort.task)),
     )
 
 

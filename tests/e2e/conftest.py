@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fusion.tasks import cohort_task
 from modalities.ingest import ingest_manifest
 from modalities.synth import synth_cohort
 from workflows.config import load_config
@@ -32,7 +33,8 @@ def prepared_cohort(synthetic_cohort: Path, tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("e2e-prepared")
     cohort = load_config("tiny").cohort
     manifest = synthetic_cohort / "manifest.csv"
-    summary = ingest_manifest(manifest, cohort, synthetic_cohort, out, chunk_size=16)
+    summary = ingest_manifest(manifest, cohort, synthetic_cohort, out, chunk_size=16,
+                              labels=cohort_task(cohort))
     assert summary["quarantined"] == 0, summary
     return out
 

@@ -22,6 +22,7 @@ import psycopg2
 import pytest
 
 from fusion.predictor import build_predictor
+from fusion.tasks import cohort_task
 from modalities.ingest import ingest_manifest
 from modalities.synth import synth_cohort
 from registry.model import log_model, promote
@@ -52,7 +53,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     synth_cohort(root / "synth", patients=8, seed=3)
     cfg = load_config("tiny")
     prepared = root / "prepared"
-    ingest_manifest(root / "synth" / "manifest.csv", cfg.cohort, root / "synth", prepared)
+    ingest_manifest(root / "synth" / "manifest.csv", cfg.cohort, root / "synth", prepared,
+                    labels=cohort_task(cfg.cohort))
     config = {
         "cohort": cfg.cohort.model_dump(mode="json"),
         "model": cfg.model.model_dump(mode="json"),

@@ -292,6 +292,7 @@ OVERRIDES = [
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """24 synthetic patients ingested with the tiny recipe, plus the resolved config."""
+    from fusion.tasks import cohort_task
     from modalities.ingest import ingest_manifest
     from modalities.synth import synth_cohort
     from workflows.config import load_config
@@ -300,7 +301,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     synth = synth_cohort(root / "raw", patients=24, seed=9)
     cfg = load_config("tiny", OVERRIDES).cohort
     out = root / "prepared"
-    ingest_manifest(synth.manifest_path, cfg, synth.out, out, chunk_size=8)
+    ingest_manifest(synth.manifest_path, cfg, synth.out, out, chunk_size=8,
+                    labels=cohort_task(cfg))
     return {"prepared": out, "config": tiny_config(root, OVERRIDES)}
 
 

@@ -38,6 +38,7 @@ from fusion.scoring import (
     score_cohort,
     score_reference,
 )
+from fusion.tasks import cohort_task
 from modalities.errors import ConfigError
 from modalities.ingest import ingest_manifest
 from modalities.pseudonym import Pseudonymizer
@@ -78,7 +79,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     cfg = load_config("tiny", OVERRIDES).cohort
     prepared = root / "prepared"
-    ingest_manifest(synth.manifest_path, cfg, synth.out, prepared, chunk_size=8)
+    ingest_manifest(synth.manifest_path, cfg, synth.out, prepared, chunk_size=8,
+                    labels=cohort_task(cfg))
     phi = json.loads((synth.out / "phi.json").read_text())
     return {"prepared": prepared, "expected_skipped": expected, "phi": phi,
             "raw_ids": sorted(set(manifest["patient_id"]))}

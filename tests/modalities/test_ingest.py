@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fusion.tasks import get_task
 from modalities.cache import TensorCache
 from modalities.cohort import CohortConfig, read_manifest
 from modalities.errors import ConfigError
@@ -67,7 +68,8 @@ def _run(tmp_path: Path):
     outcomes = [
         o
         for rows in plan.chunks
-        for o in ingest_rows(manifest, rows, NOTE_ONLY, manifest.parent, out, plan.duplicate_rows)
+        for o in ingest_rows(manifest, rows, NOTE_ONLY, manifest.parent, out, plan.duplicate_rows,
+                             labels=get_task("binary"))
     ]
     return manifest, out, outcomes
 
@@ -113,6 +115,7 @@ def test_rerun_is_all_cache_hits_and_nothing_raw_leaks(tmp_path: Path) -> None:
             manifest.parent,
             out,
             plan_ingest(manifest, NOTE_ONLY).duplicate_rows,
+            labels=get_task("binary"),
         )
     ]
     assert summarize(second)["computed"] == 0

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fusion.tasks import cohort_task
 from modalities.cohort import CohortConfig
 from modalities.dicom import write_dicom_series
 from modalities.dicom_index import index_dicom
@@ -259,7 +260,8 @@ def test_reader_crash_becomes_internal_error_and_the_run_completes(
     ]
     manifest = _manifest(tmp_path, rows)
     cfg = CohortConfig.model_validate({"modalities": {"note": {}}})
-    summary = ingest_manifest(manifest, cfg, tmp_path, tmp_path / "out", chunk_size=4)
+    summary = ingest_manifest(manifest, cfg, tmp_path, tmp_path / "out", chunk_size=4,
+                              labels=cohort_task(cfg))
     assert summary["inputs"] == 4 and summary["accepted"] == 3
     assert summary["reasons"] == {"INTERNAL_ERROR": 1}
     q = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
@@ -283,7 +285,7 @@ def test_row_level_crash_is_isolated_too(tmp_path: Path, monkeypatch: pytest.Mon
         tmp_path, [{"patient_id": f"MRN-{i}", "note": "stable", "label": "1"} for i in range(2)]
     )
     cfg = CohortConfig.model_validate({"modalities": {"note": {}}})
-    summary = ingest_manifest(manifest, cfg, tmp_path, tmp_path / "out")
+    summary = ingest_manifest(manifest, cfg, tmp_path, tmp_path / "out", labels=cohort_task(cfg))
     assert summary["reasons"] == {"INTERNAL_ERROR": 1} and summary["accepted"] == 1
     assert CANARY not in pd.read_parquet(tmp_path / "out" / "quarantine.parquet").to_csv()
 
@@ -321,7 +323,8 @@ def test_bad_corpus_gives_every_planted_code(tmp_path: Path) -> None:
     cfg = load_config("tiny", ["cohort.modalities.ct.spec.on_inconsistent_spacing=reject"])
     summary = bounded(
         lambda: ingest_manifest(
-            tmp_path / "bad" / "manifest.csv", cfg.cohort, tmp_path / "bad", tmp_path / "out"
+            tmp_path / "bad" / "manifest.csv", cfg.cohort, tmp_path / "bad", tmp_path / "out",
+            labels=cohort_task(cfg.cohort),
         ),
         300,
     )

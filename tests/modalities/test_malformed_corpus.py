@@ -42,6 +42,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from fusion.tasks import cohort_task
 from modalities.cohort import CohortConfig
 from modalities.ingest import ingest_manifest
 
@@ -671,7 +672,8 @@ def test_corpus_in_process_exact_codes(built: Built, tmp_path: Path) -> None:
     cfg = CohortConfig.model_validate(
         {**COHORT, "modalities": {k: {**v} for k, v in COHORT["modalities"].items()}}
     )
-    summary = ingest_manifest(built.manifest, cfg, built.root, tmp_path / "prepared")
+    summary = ingest_manifest(built.manifest, cfg, built.root, tmp_path / "prepared",
+                              labels=cohort_task(cfg))
     _check_outcome(tmp_path / "prepared", built, summary)
     # Every accepted volume's cache entry carries its affine (the output geometry).
     cohort = pd.read_parquet(tmp_path / "prepared" / "cohort.parquet")

@@ -74,6 +74,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="module")
 def small_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 synthetic patients ingested with the tiny recipe: too few for three splits."""
+    from fusion.tasks import get_task
     from modalities.ingest import ingest_manifest
     from modalities.synth import synth_cohort
     from workflows.config import load_config
@@ -85,6 +86,7 @@ def small_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
         load_config("tiny").cohort,
         root / "synth",
         root / "prepared",
+        labels=get_task("binary"),
     )
     return root / "prepared"
 
@@ -148,13 +150,15 @@ def test_train_missing_prepared_folder(tmp_path: Path) -> None:
 
 def test_train_prepared_without_a_configured_modality(tmp_path: Path) -> None:
     """A cohort ingested with CT + notes, trained with the default (CT + MRI + notes)."""
+    from fusion.tasks import cohort_task
     from modalities.ingest import ingest_manifest
     from modalities.synth import synth_cohort
     from workflows.config import load_config
 
     synth_cohort(tmp_path / "s", patients=3, seed=2)
     cohort = load_config("tiny", ["cohort.modalities.mri=null"]).cohort
-    ingest_manifest(tmp_path / "s" / "manifest.csv", cohort, tmp_path / "s", tmp_path / "p")
+    ingest_manifest(tmp_path / "s" / "manifest.csv", cohort, tmp_path / "s", tmp_path / "p",
+                    labels=cohort_task(cohort))
     _fails_in_one_line(
         ["train", str(tmp_path / "p"), "--config", "tiny", "--workdir", str(tmp_path)],
         "prepared without modality(ies) mri; train with --modalities ct,note",

@@ -1,0 +1,131 @@
+"""Contrastive (CLIP-style) retrieval: align two or more modality towers with InfoNCE.
+
+No labels: the pairing of a patient's modalities is the supervision. The model's output per
+row is one normalised embedding per tower (``ContrastiveHead``'s ``embeddings``); the
+metrics are Recall@1/5/10 and the median rank of the true partner among the held-out split,
+for every ordered modality pair (image->text, text->image, ...), plus their means.
+Early stopping watches the mean Recall@1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fusion.metrics import RECALL_AT, MetricFn, retrieval_metrics
+from fusion.tasks.base import Task, register_task
+from modalities.cohort import CohortConfig
+from modalities.errors import ConfigError
+
+_NO_SCORES = (
+    "a contrastive model outputs embeddings, not probabilities; batch scoring and drift "
+    "need a classification task (binary, multiclass, multilabel)"
+)
+
+
+@register_task("contrastive")
+class ContrastiveTask(Task):
+    """Towers: every modality of the model (or the head's ``towers``/``pair`` option)."""
+
+    head = "contrastive"
+    monitor = "recall@1"
+    scores = False
+
+    def label_columns(self, cfg: CohortConfig) -> list[str]:
+        return []  # label columns of the recipe, if any, are ignored
+
+    def parse_labels(self, row: Mapping[str, str], cfg: CohortConfig) -> list[float] | None:
+        return None
+
+    def label_array(self, rows: pd.DataFrame, cfg: CohortConfig) -> np.ndarray | None:
+        return None
+
+    def batch_labels(self, labels: np.ndarray) -> torch.Tensor | None:
+        return None
+
+    def label_names(self, cfg: CohortConfig) -> list[str] | None:
+        return None
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(_NO_SCORES)
+
+    def outputs(self, model_out: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return model_out["embeddings"].float()
+
+    def prior(self, y_train: np.ndarray | None) -> None:
+        return None
+
+    def fill_missing(
+        self, outputs: np.ndarray | None, mask: np.ndarray, prior: Any, dtype: Any = float
+    ) -> np.ndarray:
+        """Embeddings where ``mask``; NaN rows elsewhere (no embedding without an input)."""
+        if outputs is None or not mask.any():
+            raise ConfigError("no row holds any of the model's modalities; nothing to embed")
+        out = np.asarray(outputs, dtype=dtype)
+        full = np.full((len(mask), *out.shape[1:]), np.nan, dtype=dtype)
+        full[mask] = out
+        return full
+
+    def decide(self, probs: np.ndarray, threshold: float, names: Sequence[str]) -> Any:
+        raise ConfigError(_NO_SCORES)
+
+    def probability_columns(
+        self, label_names: Sequence[Any] | None, n: int
+    ) -> tuple[list[str], list[str]]:
+        raise ConfigError(_NO_SCORES)
+
+    def output_frame(
+        self, index: pd.Index, probs: np.ndarray, label_names: Sequence[Any] | None,
+        threshold: float,
+    ) -> pd.DataFrame:
+        """One ``embedding_<tower>`` column per tower (lists of floats)."""
+        emb = np.asarray(probs, dtype=float)
+        names = list(label_names or range(emb.shape[1] if emb.ndim == 3 else 0))
+        out = pd.DataFrame(index=index)
+        for k, m in enumerate(names):
+            out[f"embedding_{m}"] = [row.tolist() for row in emb[:, k]]
+        return out
+
+    def prediction_table(
+        self, patients: Sequence[str], probs: np.ndarray, labels: np.ndarray | None,
+        threshold: float, present: Mapping[str, np.ndarray],
+    ) -> pd.DataFrame:
+        """Patients and presence only: embeddings are not a table's business."""
+        df = pd.DataFrame({"patient": list(patients)})
+        for m, p in present.items():
+            df[f"present_{m}"] = np.asarray(p, dtype=bool)
+        return df
+
+    def metric_fn(self, threshold: Any, label_names: Sequence[str] | None) -> MetricFn:
+        raise NotImplementedError("contrastive metrics need presence; use evaluate")
+
+    def evaluate(
+        self,
+        y_true: Any,
+        prob: Any,
+        threshold: float | Sequence[float] | None = None,
+        groups: Mapping[str, Any] | None = None,
+        n_boot: int = 1000,
+        alpha: float = 0.05,
+        seed: int = 0,
+        label_names: Sequence[str] | None = None,
+        present: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, float]:
+        """Recall@K and median rank per ordered tower pair (``fusion.metrics.retrieval``).
+
+        ``prob``: (N, T, D) embeddings, towers in sorted order; ``label_names``: the tower
+        names (default: the sorted ``present`` keys). No bootstrap or subgroups.
+        """
+        emb = np.asarray(prob, dtype=float)
+        names = sorted(label_names) if label_names else sorted(present or {})
+        if emb.ndim != 3 or emb.shape[1] != len(names):
+            raise ValueError(f"contrastive outputs must be (N, {len(names)} towers, D); "
+                             f"got {emb.shape}")
+        pres = {m: (np.asarray(present[m], bool) if present and m in present
+                    else np.ones(len(emb), bool)) & ~np.isnan(emb[:, k]).any(1)
+                for k, m in enumerate(names)}
+        return retrieval_metrics({m: emb[:, k] for k, m in enumerate(names)}, pres, RECALL_AT)
