@@ -38,6 +38,7 @@ from fusion.data import PreparedCohort
 from fusion.experiment import Variant, split_cohort, train_variant
 from fusion.tasks import cohort_task
 from fusion.train import make_loader
+from modalities.cohort_table import CohortTable
 from modalities.errors import ConfigError
 from modalities.ingest import ingest_manifest
 from modalities.pseudonym import Pseudonymizer
@@ -52,7 +53,7 @@ def _probe(model, cohort, rows, variant, truth, cfg) -> dict[str, float]:
     out = {}
     for m in variant.modalities:
         feats, pats = [], []
-        sub = rows[rows[f"{m}_status"] == "ok"]
+        sub = rows[CohortTable.ok(rows, m)]
         loader = make_loader(cohort.dataset(sub, [m]), _collate(cohort, [m]), cfg, False)
         model.eval()
         with torch.inference_mode():
@@ -82,10 +83,7 @@ def _collate(cohort, mods):
 
 def _attention_entropy(model, cohort, rows, variant, cfg) -> float | None:
     """Mean normalised entropy of every cross-attention row on the test split."""
-    has = np.zeros(len(rows), bool)
-    for m in variant.modalities:
-        has |= (rows[f"{m}_status"] == "ok").to_numpy()
-    sub = rows[(rows["split"] == "test") & has]
+    sub = rows[(rows["split"] == "test") & CohortTable.any_ok(rows, variant.modalities)]
     loader = make_loader(cohort.dataset(sub, list(variant.modalities)),
                          _collate(cohort, variant.modalities), cfg, False)
     ents = []

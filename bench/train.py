@@ -142,10 +142,10 @@ def build_model(p: Prepared) -> tuple[Any, dict[str, Any]]:
 
 def train_rows(p: Prepared) -> Any:
     """Train-split rows with at least one of the variant's modalities (as ``train_variant``)."""
+    from modalities.cohort_table import CohortTable
+
     rows = p.rows
-    has_any = np.zeros(len(rows), dtype=bool)
-    for m in p.variant.modalities:
-        has_any |= (rows[f"{m}_status"] == "ok").to_numpy()
+    has_any = CohortTable.any_ok(rows, p.variant.modalities)
     return rows[(rows["split"] == "train") & has_any].reset_index(drop=True)
 
 
@@ -186,6 +186,7 @@ def naive_dataset(p: Prepared) -> Any:
     import monai.data
     import monai.transforms as mt
 
+    from modalities.cohort_table import CohortTable
     from modalities.pseudonym import Pseudonymizer
     from modalities.volume import RAS_LABELS
 
@@ -195,14 +196,15 @@ def naive_dataset(p: Prepared) -> Any:
     rows = train_rows(p)
     mods = p.variant.modalities
     items = []
-    for _, r in rows.iterrows():
+    ok = {m: CohortTable.ok(rows, m) for m in mods}
+    for i, (_, r) in enumerate(rows.iterrows()):
         raw = by_patient[r["patient"]]
         item: dict[str, Any] = {
             "patient": r["patient"],
             "label": r[p.cohort.label_columns].to_numpy(dtype=np.float32),
         }
         for m in mods:
-            if r[f"{m}_status"] == "ok":  # same inputs as the cache holds (none quarantined)
+            if ok[m][i]:  # same inputs as the cache holds (none quarantined)
                 item[m] = str(p.raw / raw[p.cohort.cfg.column(m)])
         items.append(item)
 
