@@ -64,7 +64,10 @@ class ContrastiveTask(Task):
     ) -> np.ndarray:
         """Embeddings where ``mask``; NaN rows elsewhere (no embedding without an input)."""
         if outputs is None or not mask.any():
-            raise ConfigError("no row holds any of the model's modalities; nothing to embed")
+            raise ConfigError(
+                "a contrastive model has no prior to give rows without its modalities; "
+                "serving and logging contrastive models as pyfunc is not supported yet"
+            )
         out = np.asarray(outputs, dtype=dtype)
         full = np.full((len(mask), *out.shape[1:]), np.nan, dtype=dtype)
         full[mask] = out
