@@ -63,6 +63,12 @@ class CohortTable:
         return df.astype({k: v for k, v in self.dtypes.items() if k != "patient"})
 
     @staticmethod
+    def modalities_in(df: pd.DataFrame) -> list[str]:
+        """The modalities a prepared table holds (those with a status column), sorted."""
+        suffix = CohortTable.status_column("")
+        return sorted(c.removesuffix(suffix) for c in df.columns if c.endswith(suffix))
+
+    @staticmethod
     def ok(df: pd.DataFrame, modality: str) -> np.ndarray:
         """Bool mask: rows whose ``modality`` input was accepted by ingest (NA -> False)."""
         col = df[CohortTable.status_column(modality)].astype("string")

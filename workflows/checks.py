@@ -116,15 +116,14 @@ def train(prepared: Path, cfg: Any, fusions: list[str], baselines: bool) -> dict
     """Everything ``clinfuse train`` can know before a run: returns the split sizes."""
     from fusion.data import PreparedCohort
     from fusion.experiment import plan_variants, split_cohort
+    from modalities.cohort_table import CohortTable
 
     prepared_folder(prepared)
     model_names(cfg, fusions)
     cohort = PreparedCohort(Path(prepared), cfg.cohort)
-    missing = sorted(m for m in cohort.mods if f"{m}_status" not in cohort.frame.columns)
+    have = CohortTable.modalities_in(cohort.frame)
+    missing = sorted(set(cohort.mods) - set(have))
     if missing:
-        have = sorted(
-            c.removesuffix("_status") for c in cohort.frame.columns if c.endswith("_status")
-        )
         raise ConfigError(
             f"{prepared} was prepared without modality(ies) {', '.join(missing)}; train with "
             f"--modalities {','.join(have)} (or ingest with a config that includes them)"

@@ -41,5 +41,6 @@ def test_ok_any_ok_and_keys() -> None:
     assert CohortTable.any_ok(df, ["ct", "note"]).tolist() == [True, True, False]
     assert CohortTable.any_ok(df, []).tolist() == [False, False, False]
     assert CohortTable.keys(df, "note") == [None, "k2", None]
+    assert CohortTable.modalities_in(df) == ["ct", "note"]
     df.loc[0, "ct_status"] = pd.NA  # a missing status is never usable
     assert CohortTable.ok(df, "ct").tolist() == [False, False, False]
