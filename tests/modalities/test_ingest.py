@@ -7,7 +7,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fusion.tasks import get_task
 from modalities.cache import TensorCache
 from modalities.cohort import CohortConfig, read_manifest
 from modalities.errors import ConfigError
@@ -18,6 +17,7 @@ from modalities.ingest import (
     write_prepared,
 )
 from modalities.pseudonym import Pseudonymizer
+from tests.modalities.label_rules import FLAGS
 
 NOTE_ONLY = CohortConfig.model_validate(
     {"modalities": {"note": {}}, "labels": ["label"], "task": "binary"}
@@ -69,7 +69,7 @@ def _run(tmp_path: Path):
         o
         for rows in plan.chunks
         for o in ingest_rows(manifest, rows, NOTE_ONLY, manifest.parent, out, plan.duplicate_rows,
-                             labels=get_task("binary"))
+                             labels=FLAGS)
     ]
     return manifest, out, outcomes
 
@@ -115,7 +115,7 @@ def test_rerun_is_all_cache_hits_and_nothing_raw_leaks(tmp_path: Path) -> None:
             manifest.parent,
             out,
             plan_ingest(manifest, NOTE_ONLY).duplicate_rows,
-            labels=get_task("binary"),
+            labels=FLAGS,
         )
     ]
     assert summarize(second)["computed"] == 0

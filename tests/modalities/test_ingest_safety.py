@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusion.tasks import cohort_task
 from modalities.cohort import CohortConfig
 from modalities.dicom import write_dicom_series
 from modalities.dicom_index import index_dicom
@@ -26,6 +25,7 @@ from modalities.files import check_tree, read_capped
 from modalities.ingest import ingest_manifest, plan_ingest
 from modalities.note import NoteModality, looks_like_path
 from modalities.paths import SeriesRef, resolve_under_root, source_files, split_selector
+from tests.modalities.label_rules import FLAGS
 
 fifo_only = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
 CANARY = "Whitfield_Jane_00451234"  # a name + MRN as hospital exports put in file names
@@ -261,7 +261,7 @@ def test_reader_crash_becomes_internal_error_and_the_run_completes(
     manifest = _manifest(tmp_path, rows)
     cfg = CohortConfig.model_validate({"modalities": {"note": {}}})
     summary = ingest_manifest(manifest, cfg, tmp_path, tmp_path / "out", chunk_size=4,
-                              labels=cohort_task(cfg))
+                              labels=FLAGS)
     assert summary["inputs"] == 4 and summary["accepted"] == 3
     assert summary["reasons"] == {"INTERNAL_ERROR": 1}
     q = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
@@ -285,7 +285,7 @@ def test_row_level_crash_is_isolated_too(tmp_path: Path, monkeypatch: pytest.Mon
         tmp_path, [{"patient_id": f"MRN-{i}", "note": "stable", "label": "1"} for i in range(2)]
     )
     cfg = CohortConfig.model_validate({"modalities": {"note": {}}})
-    summary = ingest_manifest(manifest, cfg, tmp_path, tmp_path / "out", labels=cohort_task(cfg))
+    summary = ingest_manifest(manifest, cfg, tmp_path, tmp_path / "out", labels=FLAGS)
     assert summary["reasons"] == {"INTERNAL_ERROR": 1} and summary["accepted"] == 1
     assert CANARY not in pd.read_parquet(tmp_path / "out" / "quarantine.parquet").to_csv()
 
@@ -324,7 +324,7 @@ def test_bad_corpus_gives_every_planted_code(tmp_path: Path) -> None:
     summary = bounded(
         lambda: ingest_manifest(
             tmp_path / "bad" / "manifest.csv", cfg.cohort, tmp_path / "bad", tmp_path / "out",
-            labels=cohort_task(cfg.cohort),
+            labels=FLAGS,
         ),
         300,
     )

@@ -42,9 +42,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from fusion.tasks import cohort_task
 from modalities.cohort import CohortConfig
 from modalities.ingest import ingest_manifest
+from tests.modalities.label_rules import FLAGS
 
 PHI = {"PatientName": "Corpus^Canary", "PatientID": "MRN-CANARY-77", "PatientBirthDate": "19450203"}
 PYDICOM_DATA = Path(get_testdata_file("CT_small.dcm")).parent
@@ -673,7 +673,7 @@ def test_corpus_in_process_exact_codes(built: Built, tmp_path: Path) -> None:
         {**COHORT, "modalities": {k: {**v} for k, v in COHORT["modalities"].items()}}
     )
     summary = ingest_manifest(built.manifest, cfg, built.root, tmp_path / "prepared",
-                              labels=cohort_task(cfg))
+                              labels=FLAGS)
     _check_outcome(tmp_path / "prepared", built, summary)
     # Every accepted volume's cache entry carries its affine (the output geometry).
     cohort = pd.read_parquet(tmp_path / "prepared" / "cohort.parquet")
