@@ -159,7 +159,7 @@ class Task:
         p = np.asarray(probs, dtype=float).reshape(len(df), -1)
         for k in range(p.shape[1]):
             df[f"probability_{k}"] = p[:, k]
-        return _with_presence(df, present)
+        return with_presence(df, present)
 
     # ------------------------------------------------------------------ metrics
 
@@ -189,7 +189,8 @@ class Task:
         return evaluate_with(fn, y, p, groups, n_boot, alpha, seed, self.extra_metrics(threshold))
 
 
-def _with_presence(df: pd.DataFrame, present: Mapping[str, np.ndarray]) -> pd.DataFrame:
+def with_presence(df: pd.DataFrame, present: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Append ``present_<modality>`` bool columns (every task's tables end with them)."""
     for m, p in present.items():
         df[f"present_{m}"] = np.asarray(p, dtype=bool)
     return df

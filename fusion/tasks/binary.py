@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from fusion.metrics import MetricFn, binary_metrics, choose_threshold
-from fusion.tasks.base import Task, check_label_count, register_task
+from fusion.tasks.base import Task, check_label_count, register_task, with_presence
 from modalities.cohort import CohortConfig, flag_value
 
 
@@ -74,9 +74,7 @@ class BinaryTask(Task):
         df["probability"] = p
         df["prediction"] = (p >= threshold).astype(int)
         df["threshold"] = threshold
-        for m, v in present.items():
-            df[f"present_{m}"] = np.asarray(v, dtype=bool)
-        return df
+        return with_presence(df, present)
 
     def metric_fn(self, threshold: Any, label_names: Sequence[str] | None) -> MetricFn:
         return partial(binary_metrics, threshold=0.5 if threshold is None else float(threshold))

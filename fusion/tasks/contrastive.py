@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from fusion.metrics import RECALL_AT, MetricFn, retrieval_metrics
-from fusion.tasks.base import Task, register_task
+from fusion.tasks.base import Task, register_task, with_presence
 from modalities.cohort import CohortConfig
 from modalities.errors import ConfigError
 
@@ -98,10 +98,7 @@ class ContrastiveTask(Task):
         threshold: float, present: Mapping[str, np.ndarray],
     ) -> pd.DataFrame:
         """Patients and presence only: embeddings are not a table's business."""
-        df = pd.DataFrame({"patient": list(patients)})
-        for m, p in present.items():
-            df[f"present_{m}"] = np.asarray(p, dtype=bool)
-        return df
+        return with_presence(pd.DataFrame({"patient": list(patients)}), present)
 
     def metric_fn(self, threshold: Any, label_names: Sequence[str] | None) -> MetricFn:
         raise NotImplementedError("contrastive metrics need presence; use evaluate")
