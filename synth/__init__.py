@@ -1,0 +1,1 @@
+"""Test-data generators (``clinfuse synth``): outside the runtime packages, imported lazily."""
