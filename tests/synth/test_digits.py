@@ -177,16 +177,20 @@ def test_in_process_ingest_accepts_every_row_and_keeps_the_text(
     with_captions = load_config("digits", ["cohort.modalities.text={type: note}"]).cohort
     s = ingest_manifest(digits / "manifest.csv", with_captions, digits, tmp_path / "d")
     assert (s["accepted"], s["quarantined"]) == (150, 0)
+    assert _cached_texts(tmp_path / "d") == {r["text"] for r in _rows(digits / "manifest.csv")}
     s = ingest_manifest(vqa / "manifest.csv", load_config("digits_vqa").cohort, vqa,
                         tmp_path / "v")
     assert (s["accepted"], s["quarantined"]) == (80, 0)
+    # De-identification leaves captions and questions as written (no digit word is PHI).
+    assert _cached_texts(tmp_path / "v") == {r["text"] for r in _rows(vqa / "manifest.csv")}
+
+
+def _cached_texts(prepared: Path) -> set[str]:
     import pandas as pd
 
-    cohort = pd.read_parquet(tmp_path / "v" / "cohort.parquet")
-    cache = TensorCache(tmp_path / "v" / "cache")
-    texts = {cache.get("note", k) for k in cohort["text_key"]}  # cached by modality type
-    # De-identification leaves the questions as written (no digit word taken for PHI).
-    assert texts == {r["text"] for r in _rows(vqa / "manifest.csv")}
+    cohort = pd.read_parquet(prepared / "cohort.parquet")
+    cache = TensorCache(prepared / "cache")
+    return {cache.get("note", k) for k in cohort["text_key"]}  # cached by modality type
 
 
 @pytest.mark.slow
