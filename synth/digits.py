@@ -257,11 +257,13 @@ def synth_digits(
     audio_snr: tuple[float, ...] = (-12.0, -6.0, 0.0, 6.0),
 ) -> DigitsResult:
     """Write ``n`` samples of ``task`` into ``out`` (see the module docstring)."""
+    from modalities.errors import ConfigError, UnknownNameError
+
     if task not in ("digits", "vqa"):
-        raise ValueError(f"task must be 'digits' or 'vqa', got {task!r}")
+        raise UnknownNameError("digits task", task, ["digits", "vqa"])
     if n < 1 or image_size < 8 or image_noise < 0 or not 0 <= occlusion <= 1 or not audio_snr:
-        raise ValueError("need n >= 1, image_size >= 8, image_noise >= 0, 0 <= occlusion <= 1 "
-                         "and at least one audio_snr level")
+        raise ConfigError("synth: need samples >= 1, image size >= 8, image noise >= 0, "
+                          "0 <= occlusion <= 1 and at least one audio SNR level")
     t0 = time.perf_counter()
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)

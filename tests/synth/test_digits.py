@@ -211,3 +211,40 @@ def test_real_cli_ingest_accepts_every_row(
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout)
     assert (summary["inputs"], summary["accepted"], summary["quarantined"]) == (inputs, inputs, 0)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "synth", *args],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+
+
+def test_cli_synth_task_digits_writes_the_same_set(tmp_path: Path, digits: Path) -> None:
+    import json
+
+    res = _cli(str(tmp_path / "d"), "--task", "digits", "--samples", "50", "--seed", "3",
+               "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["config"] == "digits"
+    assert _tree(tmp_path / "d") == _tree(digits)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "nope"], "valid names: clinical, digits, vqa"),
+        (["--task", "vqa", "--bad-inputs", "2"], "--task clinical only"),
+        (["--image-noise", "0.1"], "--task digits and vqa only"),
+        (["--task", "vqa", "--audio-snr=-3"], "vqa has no audio"),
+        (["--task", "digits", "--audio-snr=loud"], "numbers in dB"),
+        (["--task", "digits", "--occlusion", "2"], "0 <= occlusion <= 1"),
+    ],
+)
+def test_cli_synth_rejects_bad_task_options_in_one_line(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    res = _cli(str(tmp_path / "x"), *args)
+    assert res.returncode == 2 and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
