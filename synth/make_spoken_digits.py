@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+from synth.digits import WORDS
+
 # espeak-ng voice = language + optional variant (+m*/+f* male/female timbres): accents and
 # timbres differ, so a model must learn the word, not one voice.
 VOICES = (
