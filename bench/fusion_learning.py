@@ -42,7 +42,7 @@ from modalities.cohort_table import CohortTable
 from modalities.errors import ConfigError
 from modalities.ingest import ingest_manifest
 from modalities.pseudonym import Pseudonymizer
-from modalities.synth import SynthConfig, synth_cohort
+from synth import SynthConfig, synth_cohort
 from workflows.config import load_config
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from fusion.tasks import cohort_task
 from modalities.ingest import ingest_manifest
-from modalities.synth import synth_cohort
+from synth import synth_cohort
 from workflows.config import load_config
 
 E2E_PATIENTS = 72
