@@ -78,7 +78,9 @@ class TrainConfig(BaseModel):
         None, description="validation metric for early stopping (default: the task's, e.g. "
         "auroc for binary, auroc_macro for multiclass/multilabel, recall@1 for contrastive)",
     )
-    monitor_mode: Literal["max", "min"] = "max"
+    monitor_mode: Literal["max", "min"] = Field(
+        "max", description="direction of a chosen monitor (the task's metric has its own)"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
@@ -313,7 +315,9 @@ def fit(
     # after a model starts to learn, single-epoch weights swing (validation AUROC 0.85 ->
     # 0.47 -> 0.86 on 48 patients), their average does not (docs/training.md).
     averaged = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    sign = 1.0 if cfg.monitor_mode == "max" else -1.0
+    # The task's metric comes with its direction; a chosen ``monitor`` with ``monitor_mode``.
+    mode = cfg.monitor_mode if cfg.monitor else task.monitor_mode
+    sign = 1.0 if mode == "max" else -1.0
     best = FitResult(copy.deepcopy(model.state_dict()), -1, -math.inf * sign,
                      world_size=world_size())
     stale = 0
