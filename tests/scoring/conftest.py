@@ -15,7 +15,7 @@ import torch
 from fusion.predictor import Predictor
 from modalities.ingest import ingest_manifest
 from modalities.pseudonym import Pseudonymizer
-from modalities.synth import synth_cohort
+from synth import synth_cohort
 from tests.scoring.helpers import PG, predictor_config, recipe
 
 
