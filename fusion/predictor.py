@@ -22,9 +22,9 @@ import torch
 
 from fusion.config import ModelConfig
 from fusion.data import collate_samples
+from fusion.device import autocast, resolve_device
 from fusion.model import FusionModel, build_model
 from fusion.tasks import Task, cohort_task
-from fusion.train import autocast, resolve_device
 from modalities.base import Modality
 from modalities.cohort import CohortConfig
 from modalities.errors import InputRejected
