@@ -8,7 +8,7 @@ from fusion.base import (
     fusion_names,
     register_fusion,
 )
-from fusion.config import FusionConfig, HeadConfig, ModelConfig
+from fusion.config import FusionConfig, HeadConfig, ModelConfig, StackConfig
 from fusion.heads import Head, create_head, head_names, register_head
 from fusion.model import FusionModel, build_model, drop_modalities
 
@@ -20,6 +20,7 @@ __all__ = [
     "Head",
     "HeadConfig",
     "ModelConfig",
+    "StackConfig",
     "build_model",
     "builtin_fusion_names",
     "create_fusion",
