@@ -58,6 +58,7 @@ COPY modalities modalities
 COPY fusion fusion
 COPY registry registry
 COPY workflows workflows
+COPY synth synth
 COPY deploy deploy
 RUN pip install -c deploy/requirements.lock . && mkdir -p "$VIRTUAL_ENV/share/clinfuse"
 COPY configs /opt/venv/share/clinfuse/configs

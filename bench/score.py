@@ -69,7 +69,7 @@ def prepare(
 ) -> tuple[Path, Path, float]:
     """Synthesize and ingest a cohort; returns (raw root, prepared folder, ingest seconds)."""
     from modalities.ingest import ingest_manifest
-    from modalities.synth import SynthConfig, synth_cohort
+    from synth import SynthConfig, synth_cohort
     from workflows.config import load_config
 
     knobs = SynthConfig(ct_shape=ct_shape) if ct_shape else SynthConfig()

@@ -97,7 +97,7 @@ def prepare(
     from fusion.data import PreparedCohort
     from fusion.experiment import Variant, model_config_for, split_cohort
     from modalities.ingest import ingest_manifest
-    from modalities.synth import SynthConfig, synth_cohort
+    from synth import SynthConfig, synth_cohort
     from workflows.config import load_config
 
     cfg = load_config("tiny", [f"train.device={device}"])

@@ -153,7 +153,7 @@ def synth(
     checks.at_least("--bad-inputs", bad_inputs, 0)
 
     from modalities.errors import ConfigError
-    from modalities.synth import SynthConfig, synth_cohort
+    from synth import SynthConfig, synth_cohort
 
     try:
         cfg = SynthConfig(label_rule=label_rule,

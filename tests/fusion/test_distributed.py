@@ -290,7 +290,8 @@ OVERRIDES = [
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """24 synthetic patients ingested with the tiny recipe, plus the resolved config."""
     from modalities.ingest import ingest_manifest
-    from modalities.synth import synth_cohort
+    from synth import synth_cohort
+
     root = tmp_path_factory.mktemp("ddp")
     synth = synth_cohort(root / "raw", patients=24, seed=9)
     cfg = load_recipe("tiny", OVERRIDES).cohort

@@ -41,7 +41,7 @@ from fusion.scoring import (
 from modalities.errors import ConfigError
 from modalities.ingest import ingest_manifest
 from modalities.pseudonym import Pseudonymizer
-from modalities.synth import synth_cohort
+from synth import synth_cohort
 from workflows.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
