@@ -56,6 +56,7 @@ RUN grep -v -E '^(#|torch==)' deploy/requirements.lock > /tmp/deps.txt \
 COPY pyproject.toml README.md ./
 COPY modalities modalities
 COPY fusion fusion
+COPY scoring scoring
 COPY registry registry
 COPY workflows workflows
 COPY synth synth

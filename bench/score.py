@@ -4,7 +4,7 @@ Baseline (a), naive: for each manifest row, load the CT series, the MRI volume a
 note from the raw files with each modality's ``load`` + ``preprocess``, collate that one
 sample and run the model on it (``Predictor.predict_samples([sample])``), one patient at a
 time: what a script around the model would do.
-(b) ``fusion.scoring.score_cohort`` on the prepared cohort of the same patients: cached
+(b) ``scoring.score_cohort`` on the prepared cohort of the same patients: cached
 tensors streamed through a DataLoader in batches, Parquet part files written per batch,
 consolidation and statistics included.
 
@@ -125,7 +125,7 @@ def rss_child(args: argparse.Namespace) -> None:
     import torch
 
     from fusion.predictor import Predictor
-    from fusion.scoring import score_cohort
+    from scoring import score_cohort
 
     torch.set_num_threads(args.threads)
     cfg = json.loads(Path(args.rss_child[2]).read_text())
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from fusion.predictor import Predictor
-    from fusion.scoring import score_cohort
+    from scoring import score_cohort
 
     torch.set_num_threads(a.threads)
     work = Path(tempfile.mkdtemp(prefix="clinfuse-bench-score-"))

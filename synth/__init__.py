@@ -6,7 +6,9 @@ import it at module level (the CLI's ``synth`` and ``demo`` commands import it w
 Modules: ``clinical`` (``synth_cohort``, the cohort's layout), ``config`` (``SynthConfig``),
 ``cases`` (one patient), ``people`` (fake PHI, notes), ``volumes`` (CT/MRI phantoms, NIfTI),
 ``dicom_writer`` (the one DICOM writer), ``bad_inputs`` (planted bad inputs,
-``make_bad_corpus``).
+``make_bad_corpus``), ``digits`` (real handwritten + spoken digits, digit VQA:
+``synth_digits``; imported on use, not here), ``make_spoken_digits`` (regenerates the
+shipped clips with espeak-ng).
 """
 
 from synth.bad_inputs import BAD_INPUT_KINDS, make_bad_corpus
