@@ -408,7 +408,7 @@ def tracked_run(
     ``flush_every``: the tracker sends buffered metrics every that many distinct steps.
     """
     from fusion.device import resolve_device
-    from fusion.metrics import evaluate
+    from fusion.tasks import evaluate
     from fusion.train import make_loader
     from registry.experiment import cohort_hash
     from registry.tracking import Tracker

@@ -347,7 +347,6 @@ def run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
     """Split the cohort, train one variant (DDP when launched by torchrun), write outputs."""
     from fusion.data import PreparedCohort
     from fusion.experiment import plan_variants, split_cohort, train_variant
-    from fusion.train import monitored
 
     cohort_cfg, model_cfg, train_cfg = read_resolved_config(args.config)
     cohort = PreparedCohort(args.prepared, cohort_cfg)
@@ -387,7 +386,8 @@ def run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
         "backend": dist.get_backend() if distributed() else None,
         "per_process_batch_size": train_cfg.batch_size,
         "best_epoch": fit_res.best_epoch, "best_value": fit_res.best_value,
-        "monitor": monitored(train_cfg, cohort.task), "stopped_early": fit_res.stopped_early,
+        "monitor": train_cfg.monitor or cohort.task_rules.monitor,
+        "stopped_early": fit_res.stopped_early,
         "seconds": fit_res.seconds, "epochs": len(fit_res.history),
         "history": fit_res.history, "threshold": result.threshold,
         "splits": rows["split"].value_counts().to_dict(),

@@ -43,9 +43,10 @@ from fusion.distributed import (
     read_resolved_config,
     wrap_ddp,
 )
-from fusion.metrics import evaluate
+from fusion.tasks import evaluate
 from fusion.train import Predictions, TrainConfig, fit, make_loader, seed_everything
 from modalities.errors import ConfigError
+from tests.model_recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["a", "b"]
@@ -246,19 +247,15 @@ def test_absent_modality_needs_find_unused_parameters(one_rank_group: None) -> N
 # --------------------------------------------------------------------------- config
 def tiny_config(tmp_path: Path, overrides: list[str]) -> Path:
     """A resolved config file, written the way `clinfuse train --ddp` is expected to."""
-    from workflows.config import load_config
-
     path = tmp_path / "resolved.yaml"
-    path.write_text(yaml.safe_dump(load_config("tiny", overrides).model_dump(mode="json")))
+    path.write_text(yaml.safe_dump(load_recipe("tiny", overrides).model_dump(mode="json")))
     return path
 
 
 def test_read_resolved_config_round_trips_a_resolved_recipe(tmp_path: Path) -> None:
-    from workflows.config import load_config
-
     path = tiny_config(tmp_path, ["train.batch_size=3"])
     cohort, model, train = read_resolved_config(path)
-    want = load_config("tiny", ["train.batch_size=3"])
+    want = load_recipe("tiny", ["train.batch_size=3"])
     assert (cohort, model, train) == (want.cohort, want.model, want.train)
     assert train.batch_size == 3
 
@@ -295,11 +292,10 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from fusion.tasks import cohort_task
     from modalities.ingest import ingest_manifest
     from synth import synth_cohort
-    from workflows.config import load_config
 
     root = tmp_path_factory.mktemp("ddp")
     synth = synth_cohort(root / "raw", patients=24, seed=9)
-    cfg = load_config("tiny", OVERRIDES).cohort
+    cfg = load_recipe("tiny", OVERRIDES).cohort
     out = root / "prepared"
     ingest_manifest(synth.manifest_path, cfg, synth.out, out, chunk_size=8,
                     labels=cohort_task(cfg))

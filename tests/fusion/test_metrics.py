@@ -15,12 +15,12 @@ from fusion.metrics import (
     bootstrap_ci,
     calibration_table,
     choose_threshold,
-    evaluate,
     multiclass_metrics,
     multilabel_metrics,
     presence_pattern,
     subgroup_key,
 )
+from fusion.tasks import evaluate
 from modalities.errors import ConfigError, UnknownNameError
 
 
