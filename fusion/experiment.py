@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fusion.artifact import ModelArtifact
 from fusion.config import ModelConfig
 from fusion.data import Collator, PreparedCohort
 from fusion.metrics import choose_threshold, evaluate, presence_pattern
@@ -126,7 +127,7 @@ class VariantResult:
     variant: Variant
     model: FusionModel
     model_config: ModelConfig
-    predictor_config: dict[str, Any]
+    artifact: ModelArtifact
     fit: FitResult
     threshold: float
     test: Predictions
@@ -197,22 +198,18 @@ def train_variant(
         n_boot=train_cfg.n_boot, seed=train_cfg.seed,
         label_names=cohort.label_columns if cohort.task == "multilabel" else None,
     )
-    predictor_config = {
-        "cohort": cohort.cfg.model_dump(mode="json"),
-        "model": mcfg.model_dump(mode="json"),
-        "modalities": list(variant.modalities),
-        "threshold": threshold,
-        "prior": prior if cohort.task != "binary" else float(np.asarray(prior).reshape(-1)[0]),
-        "label_names": cohort.label_columns if cohort.task != "multiclass"
+    artifact = ModelArtifact.build(
+        cohort.cfg, mcfg, variant.modalities, threshold=threshold,
+        prior=prior if cohort.task != "binary" else float(np.asarray(prior).reshape(-1)[0]),
+        label_names=cohort.label_columns if cohort.task != "multiclass"
         else (cohort.cfg.classes or None),
-        "task": cohort.task,
         # Drift reference for scoring: the test split's score histogram and presence rates.
-        "reference": score_reference(
+        reference=score_reference(
             test.probs, {m: float(np.mean(p)) for m, p in test.present.items()}, prior
         ),
-    }
-    return VariantResult(variant, model, mcfg, predictor_config, result, threshold, test,
-                         metrics, prior)
+    )
+    return VariantResult(variant, model, mcfg, artifact, result, threshold, test, metrics,
+                         prior)
 
 
 def _predict_all(
