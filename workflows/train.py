@@ -36,7 +36,12 @@ RESOLVED_FILE = "resolved.yaml"
 
 
 class VariantsFailed(Exception):
-    """Some variants failed; the others were trained, logged and compared (``summary``)."""
+    """Some variants failed; the others were trained, logged and compared (``summary``).
+
+    Each failed task logged its own traceback; this one is logged as one line.
+    """
+
+    one_line = True
 
     def __init__(self, summary: dict[str, Any]) -> None:
         failed = summary.get("failed") or {}

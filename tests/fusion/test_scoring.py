@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from fusion.artifact import ModelArtifact
 from fusion.data import PreparedCohort
 from fusion.predictor import Predictor
 from fusion.scoring import (
@@ -85,17 +86,10 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def predictor_config(modalities: list[str] = MODS) -> dict[str, Any]:
-    """A predictor config built the way ``train_variant`` builds one."""
+    """A predictor config built the way ``train_variant`` builds one (``ModelArtifact``)."""
     cfg = load_config("tiny", OVERRIDES)
-    return {
-        "cohort": cfg.cohort.model_dump(mode="json"),
-        "model": cfg.model.model_dump(mode="json"),
-        "modalities": modalities,
-        "threshold": 0.5,
-        "prior": 0.3,
-        "label_names": ["label"],
-        "task": "binary",
-    }
+    return ModelArtifact.build(cfg.cohort, cfg.model, modalities, prior=0.3,
+                               label_names=["label"]).to_config()
 
 
 @pytest.fixture(scope="module")
