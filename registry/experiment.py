@@ -210,7 +210,6 @@ def _log_explanations(
 def log_run_folder(
     folder: Path,
     prepared: Path,
-    cohort_cfg: CohortConfig,
     resolved_config: dict[str, Any],
     parent: Mapping[str, Any],
     register: str | None = None,
@@ -254,7 +253,8 @@ def log_run_folder(
         tracker.log_table(pred, "predictions")
         tracker.log_text(_model_card(run, chash), "model_card.md")
         predictor = run.predictor()
-        _log_explanations(tracker, run, predictor.model, PreparedCohort(prepared, cohort_cfg))
+        _log_explanations(tracker, run, predictor.model,
+                          PreparedCohort(prepared, run.artifact.cohort))
         _flag_small_n(tracker, variant.name, run.test_metrics)
         info = log_model(tracker, predictor.model.state_dict(), run.artifact.to_config(),
                          builder=BUILDER, registered_name=register, alias=None)

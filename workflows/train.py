@@ -105,7 +105,7 @@ def log_variant_task(
     from registry.experiment import log_run_folder, variant_run_dict
 
     cfg = load_config(resolved_yaml)
-    run = log_run_folder(Path(folder), Path(prepared), cfg.cohort, cfg.model_dump(mode="json"),
+    run = log_run_folder(Path(folder), Path(prepared), cfg.model_dump(mode="json"),
                          opened["parent"], register_as, tracking_uri, Path(workdir))
     return variant_run_dict(run)
 
