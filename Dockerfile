@@ -56,8 +56,10 @@ RUN grep -v -E '^(#|torch==)' deploy/requirements.lock > /tmp/deps.txt \
 COPY pyproject.toml README.md ./
 COPY modalities modalities
 COPY fusion fusion
+COPY scoring scoring
 COPY registry registry
 COPY workflows workflows
+COPY synth synth
 COPY deploy deploy
 RUN pip install -c deploy/requirements.lock . && mkdir -p "$VIRTUAL_ENV/share/clinfuse"
 COPY configs /opt/venv/share/clinfuse/configs

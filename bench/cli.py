@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from modalities.ingest import ingest_manifest
-    from modalities.synth import synth_cohort
+    from synth import synth_cohort
     from workflows.config import load_config
     from workflows.prefect_server import ensure_server, stop_server
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from fusion import FusionConfig, ModelConfig, build_model, fusion_names
+from fusion.device import autocast as device_autocast
 from modalities.base import Tokens
 
 TOKENS = {"ct": (64, 1024), "note": (128, 384), "audio": (50, 256)}
@@ -134,12 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    use_bf16 = device.type == "cuda"
 
     def autocast() -> contextlib.AbstractContextManager:
-        if use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return device_autocast(device, True)  # bf16 on CUDA, a no-op on CPU
 
     b = args.batch
     names = sorted(TOKENS)
@@ -198,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((name, t, n_params))
 
     base = dict((r[0], r[1]) for r in rows).get("concat", rows[0][1])
-    where = f"{device.type}" + (" bf16" if use_bf16 else f", {args.threads} threads")
+    where = f"{device.type}" + (" bf16" if device.type == "cuda" else f", {args.threads} threads")
     print(
         f"# fusion bench: batch {b}, d_model {args.d_model}, layers {args.layers}, tokens "
         + ", ".join(f"{m} {n}x{d}" for m, (n, d) in TOKENS.items())

@@ -40,7 +40,7 @@ from fusion.train import make_loader
 from modalities.errors import ConfigError
 from modalities.ingest import ingest_manifest
 from modalities.pseudonym import Pseudonymizer
-from modalities.synth import SynthConfig, synth_cohort
+from synth import SynthConfig, synth_cohort
 from workflows.config import load_config
 
 

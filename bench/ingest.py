@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     from modalities.cache import TensorCache
     from modalities.ct import CTModality
-    from modalities.dicom import quiet_dicom_logs, write_dicom_series
+    from modalities.dicom import quiet_dicom_logs
     from modalities.paths import stat_fingerprint
+    from synth.dicom_writer import write_dicom_series
 
     quiet_dicom_logs()
     import monai.transforms as mt

@@ -4,7 +4,7 @@ Baseline (a), naive: for each manifest row, load the CT series, the MRI volume a
 note from the raw files with each modality's ``load`` + ``preprocess``, collate that one
 sample and run the model on it (``Predictor.predict_samples([sample])``), one patient at a
 time: what a script around the model would do.
-(b) ``fusion.scoring.score_cohort`` on the prepared cohort of the same patients: cached
+(b) ``scoring.score_cohort`` on the prepared cohort of the same patients: cached
 tensors streamed through a DataLoader in batches, Parquet part files written per batch,
 consolidation and statistics included.
 
@@ -62,7 +62,7 @@ def prepare(
 ) -> tuple[Path, Path, float]:
     """Synthesize and ingest a cohort; returns (raw root, prepared folder, ingest seconds)."""
     from modalities.ingest import ingest_manifest
-    from modalities.synth import SynthConfig, synth_cohort
+    from synth import SynthConfig, synth_cohort
     from workflows.config import load_config
 
     knobs = SynthConfig(ct_shape=ct_shape) if ct_shape else SynthConfig()
@@ -118,7 +118,7 @@ def rss_child(args: argparse.Namespace) -> None:
     import torch
 
     from fusion.predictor import Predictor
-    from fusion.scoring import score_cohort
+    from scoring import score_cohort
 
     torch.set_num_threads(args.threads)
     cfg = json.loads(Path(args.rss_child[2]).read_text())
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from fusion.predictor import Predictor
-    from fusion.scoring import score_cohort
+    from scoring import score_cohort
 
     torch.set_num_threads(a.threads)
     work = Path(tempfile.mkdtemp(prefix="clinfuse-bench-score-"))

@@ -97,7 +97,7 @@ def prepare(
     from fusion.data import PreparedCohort
     from fusion.experiment import Variant, model_config_for, split_cohort
     from modalities.ingest import ingest_manifest
-    from modalities.synth import SynthConfig, synth_cohort
+    from synth import SynthConfig, synth_cohort
     from workflows.config import load_config
 
     cfg = load_config("tiny", [f"train.device={device}"])
@@ -155,7 +155,8 @@ def collator(p: Prepared) -> Any:
 
 def cached_loader(p: Prepared, cfg: Any, rows: Any | None = None) -> Any:
     """Ours: the prepared cache through ``PreparedCohort.dataset`` + ``Collator``."""
-    from fusion.train import make_loader, resolve_device
+    from fusion.device import resolve_device
+    from fusion.train import make_loader
 
     rows = train_rows(p) if rows is None else rows
     ds = p.cohort.dataset(rows, p.variant.modalities)
@@ -234,7 +235,8 @@ def _read_manifest(path: Path) -> list[dict[str, str]]:
 
 
 def naive_loader(p: Prepared, cfg: Any) -> Any:
-    from fusion.train import make_loader, resolve_device
+    from fusion.device import resolve_device
+    from fusion.train import make_loader
 
     return make_loader(naive_dataset(p), collator(p), cfg, True, resolve_device(cfg.device))
 
@@ -401,8 +403,9 @@ def tracked_run(
     ``per_step``). With ``baseline``, also the same ``fit`` without a tracker.
     ``flush_every``: the tracker sends buffered metrics every that many distinct steps.
     """
+    from fusion.device import resolve_device
     from fusion.metrics import evaluate
-    from fusion.train import make_loader, resolve_device
+    from fusion.train import make_loader
     from registry.experiment import cohort_hash
     from registry.tracking import Tracker
 

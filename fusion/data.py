@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from fusion.device import move, pin
 from modalities.base import Modality
 from modalities.cache import TensorCache
 from modalities.cohort import CohortConfig
@@ -38,21 +39,15 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         """Move tensors to ``device`` (non-blocking: pinned host memory overlaps the copy)."""
-        nb = device.type == "cuda"
-
-        def mv(v: Any) -> Any:
-            return v.to(device, non_blocking=nb) if torch.is_tensor(v) else v
-
         return Batch(
-            {m: {k: mv(v) for k, v in d.items()} for m, d in self.inputs.items()},
-            {m: mv(p) for m, p in self.present.items()},
-            mv(self.labels) if self.labels is not None else None,
+            {m: {k: move(v, device) for k, v in d.items()} for m, d in self.inputs.items()},
+            {m: move(p, device) for m, p in self.present.items()},
+            move(self.labels, device) if self.labels is not None else None,
             self.patients,
         )
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True) for custom batch types."""
-        pin = lambda v: v.pin_memory() if torch.is_tensor(v) else v  # noqa: E731
         return Batch(
             {m: {k: pin(v) for k, v in d.items()} for m, d in self.inputs.items()},
             {m: pin(p) for m, p in self.present.items()},

@@ -19,7 +19,7 @@ from fusion.config import ModelConfig
 from fusion.data import Collator, PreparedCohort
 from fusion.metrics import choose_threshold, evaluate, presence_pattern
 from fusion.model import FusionModel, build_model
-from fusion.scoring import score_reference
+from fusion.reference import score_reference
 from fusion.splits import assign_splits, check_no_leakage
 from fusion.train import (
     FitResult,

@@ -23,8 +23,9 @@ import torch
 
 from fusion.artifact import ModelArtifact
 from fusion.data import collate_samples
+from fusion.device import autocast, resolve_device
 from fusion.model import FusionModel, build_model
-from fusion.train import autocast, probabilities, resolve_device
+from fusion.train import probabilities
 from modalities.base import Modality
 from modalities.cohort import CohortConfig
 from modalities.errors import InputRejected

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from fusion.data import Batch
+from fusion.device import autocast, pin_memory, resolve_device
 from fusion.distributed import (
     ShardSampler,
     all_reduce_mean,
@@ -85,13 +86,6 @@ class TrainConfig(BaseModel):
     n_boot: int = Field(500, ge=0, description="bootstrap resamples for test CIs")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -105,12 +99,6 @@ def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(-1)
     p = logits.sigmoid()
     return p.reshape(-1) if task == "binary" else p
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA; a no-op context on CPU (CPU bf16 is slower on most parts)."""
-    enabled = bf16 and device.type == "cuda"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @dataclass
@@ -396,7 +384,7 @@ def make_loader(
     ``cfg.batch_size`` is per process.
     """
     g = torch.Generator().manual_seed(cfg.seed)
-    cuda = (device or resolve_device(cfg.device)).type == "cuda"
+    pinned = pin_memory(device or resolve_device(cfg.device))
     if shard is None:
         shard = shuffle and distributed()
     sampler = None
@@ -412,7 +400,7 @@ def make_loader(
         collate_fn=collate,
         num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
-        pin_memory=cuda,
+        pin_memory=pinned,
         generator=g,
         drop_last=False,
     )

@@ -26,17 +26,19 @@ from torch import nn
 
 from modalities.base import CachedValue, EncoderConfig, Modality, Spec
 from modalities.dicom import (
-    COSINE_TOLERANCE,
     DEFAULT_DECODE_WORKERS,
+    as_source,
+    quiet_dicom_logs,
+    read_dicom_series,
+)
+from modalities.dicom_geometry import (
+    COSINE_TOLERANCE,
     MAX_VOXELS,
     TiltPolicy,
     Volume,
     apply_tilt_policy,
-    as_source,
     check_spacing,
     check_voxel_count,
-    quiet_dicom_logs,
-    read_dicom_series,
 )
 from modalities.errors import InputRejected, ReasonCode
 from modalities.paths import SeriesRef, source_files

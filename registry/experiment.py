@@ -26,9 +26,10 @@ import pandas as pd
 import torch
 
 from fusion.data import Collator, PreparedCohort
+from fusion.device import autocast, resolve_device
 from fusion.experiment import plan_variants, split_cohort
 from fusion.run_folder import RunFolder, read_run_folder
-from fusion.train import TrainConfig, autocast, resolve_device
+from fusion.train import TrainConfig
 from modalities.cohort import CohortConfig
 from registry import plots
 from registry.compare import WARNING_TAG, ci_pairs, reliability_warnings, warning_text

@@ -129,11 +129,21 @@ def _emit(summary: dict[str, Any], as_json: bool, title: str) -> None:
     Console().print(table)
 
 
+SYNTH_TASKS = ("clinical", "digits", "vqa")
+
+
 @app.command()
 @user_errors
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the synthetic cohort into.")],
-    patients: Annotated[int, typer.Option(help="Number of patients.")] = 50,
+    task: Annotated[str, typer.Option(help="clinical (CT+MRI+notes), digits (handwritten + "
+                                           "spoken digits), vqa (digit image + question).")
+                    ] = "clinical",
+    patients: Annotated[
+        int | None,
+        typer.Option("--patients", "--samples",
+                     help="Patients (clinical, default 50) or samples (digits, vqa: 600)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
     bad_inputs: Annotated[int, typer.Option(help="Extra patients with planted bad inputs.")] = 0,
     label_rule: Annotated[
@@ -142,18 +152,40 @@ def synth(
     modalities: Annotated[
         str, typer.Option(help="Comma-separated modalities to write (ct,mri,note).")
     ] = "ct,mri,note",
+    image_noise: Annotated[
+        float | None, typer.Option(help="digits/vqa: image noise SD on [0, 1] (0.25).")
+    ] = None,
+    occlusion: Annotated[
+        float | None, typer.Option(help="digits/vqa: share of images with a block (0.5).")
+    ] = None,
+    audio_snr: Annotated[
+        str | None, typer.Option(help="digits: SNR levels in dB, e.g. =-12,-6,0,6.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write a synthetic CT (DICOM) + MRI (NIfTI) + notes cohort with fake PHI and a manifest."""
+    """Write a synthetic cohort and its manifest: clinical (fake PHI) or digits/vqa."""
     from pydantic import ValidationError
 
+    from modalities.errors import ConfigError, UnknownNameError
     from workflows import checks
 
+    if task not in SYNTH_TASKS:
+        raise UnknownNameError("synth task", task, list(SYNTH_TASKS))
+    if task != "clinical":
+        if bad_inputs or label_rule != "majority" or modalities != "ct,mri,note":
+            raise ConfigError("--bad-inputs, --label-rule and --modalities apply to "
+                              "--task clinical only")
+        _synth_digits(out, task, 600 if patients is None else patients, seed,
+                      {"image_noise": image_noise, "occlusion": occlusion}, audio_snr, as_json)
+        return
+    if image_noise is not None or occlusion is not None or audio_snr is not None:
+        raise ConfigError("--image-noise, --occlusion and --audio-snr apply to --task digits "
+                          "and vqa only")
+    patients = 50 if patients is None else patients
     checks.at_least("--patients", patients, 1)
     checks.at_least("--bad-inputs", bad_inputs, 0)
 
-    from modalities.errors import ConfigError
-    from modalities.synth import SynthConfig, synth_cohort
+    from synth import SynthConfig, synth_cohort
 
     try:
         cfg = SynthConfig(label_rule=label_rule,
@@ -173,6 +205,33 @@ def synth(
         as_json,
         "synthetic cohort",
     )
+
+
+def _synth_digits(
+    out: Path, task: str, n: int, seed: int, knobs: dict[str, float | None],
+    audio_snr: str | None, as_json: bool,
+) -> None:
+    """``clinfuse synth --task digits|vqa``: handwritten + spoken digits (docs/tasks.md)."""
+    from modalities.errors import ConfigError
+    from workflows import checks
+
+    checks.at_least("--samples", n, 1)  # the others: synth_digits checks them
+    kwargs: dict[str, Any] = {k: v for k, v in knobs.items() if v is not None}
+    if audio_snr is not None:
+        if task != "digits":
+            raise ConfigError("--audio-snr applies to --task digits only (vqa has no audio)")
+        try:
+            kwargs["audio_snr"] = tuple(float(v) for v in audio_snr.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError("--audio-snr takes numbers in dB separated by commas, e.g. "
+                              "--audio-snr=-12,-6,0,6") from None
+    from synth.digits import synth_digits
+
+    with _stdout_for(as_json):
+        res = synth_digits(out, n=n, seed=seed, task=task, **kwargs)  # type: ignore[arg-type]
+    recipe = "digits" if task == "digits" else "digits_vqa"
+    _emit({"out": str(out), "manifest": str(res.manifest), "task": task, "samples": n,
+           "config": recipe, "seconds": round(res.seconds, 2)}, as_json, f"synthetic {task}")
 
 
 @app.command()

@@ -45,7 +45,7 @@ def run_demo(
     rep.start("demo", "demo stages", len(stages))
     results: dict[str, Any] = {}
 
-    from modalities.synth import SynthConfig, synth_cohort
+    from synth import SynthConfig, synth_cohort
 
     t0 = time.perf_counter()
     data = workdir / "synthetic"

@@ -97,8 +97,8 @@ def score_shard(
     db_url_secret: str | None = None,
 ) -> dict[str, Any]:
     """Score one prepared cohort (or shard view); resumable, so a retry finishes the rest."""
-    from fusion.scoring import score_cohort
     from registry.model import load_predictor
+    from scoring import score_cohort
     from workflows.progress import counter
 
     predictor, name, version = load_predictor(model, tracking_uri)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from modalities.ingest import ingest_manifest
-from modalities.synth import synth_cohort
+from synth import synth_cohort
 from workflows.config import load_config
 
 E2E_PATIENTS = 72

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from modalities.synth import synth_cohort
+from synth import synth_cohort
 from workflows.prefect_server import _alive, read_state, stop_server
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from modalities.pseudonym import Pseudonymizer
-from modalities.synth import synth_cohort
+from synth import synth_cohort
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ import pytest
 
 from modalities.note import NoteModality
 from modalities.pseudonym import Pseudonymizer
-from modalities.synth import synth_cohort
+from synth import synth_cohort
 
 pytestmark = [
     pytest.mark.slow,

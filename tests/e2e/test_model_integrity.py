@@ -24,9 +24,9 @@ import pytest
 from fusion.artifact import ModelArtifact
 from fusion.predictor import build_predictor
 from modalities.ingest import ingest_manifest
-from modalities.synth import synth_cohort
 from registry.model import log_model, promote
 from registry.tracking import Tracker
+from synth import synth_cohort
 from tests.servers import postgres_available, postgres_database
 from workflows.config import load_config
 

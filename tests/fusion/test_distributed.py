@@ -280,7 +280,7 @@ OVERRIDES = [
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """24 synthetic patients ingested with the tiny recipe, plus the resolved config."""
     from modalities.ingest import ingest_manifest
-    from modalities.synth import synth_cohort
+    from synth import synth_cohort
     from workflows.config import load_config
 
     root = tmp_path_factory.mktemp("ddp")

@@ -71,7 +71,7 @@ def test_artifact_rejects_a_bad_saved_config(change: dict, match: str) -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """20 synthetic patients, the tiny concat model trained in-process into a run folder."""
     from modalities.ingest import ingest_manifest
-    from modalities.synth import synth_cohort
+    from synth import synth_cohort
 
     root = tmp_path_factory.mktemp("runfolder")
     synth = synth_cohort(root / "raw", patients=20, seed=5)

@@ -251,13 +251,13 @@ def test_synth_notes_lose_their_phi_and_keep_their_findings() -> None:
     that carries the label stays."""
     import numpy as np
 
-    from modalities import synth
+    from synth.people import fake_person, note_text
 
     rng = np.random.default_rng(0)
     used: set[str] = set()
     for i in range(100):
-        person = synth._fake_person(rng, used)
-        text = synth._note_text(person, bool(i % 2), rng)
+        person = fake_person(rng, used)
+        text = note_text(person, bool(i % 2), rng)
         out = deidentify(text)
         for phi in (person.first, person.last, person.mrn, person.phone, person.institution):
             assert phi not in out

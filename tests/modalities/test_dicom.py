@@ -12,9 +12,10 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import get_decoder
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
 
-from modalities.dicom import read_dicom_series, series_files, write_dicom_series
+from modalities.dicom import read_dicom_series, series_files
 from modalities.errors import InputRejected, ReasonCode
 from modalities.paths import SeriesRef
+from synth.dicom_writer import write_dicom_series
 
 PHI_NAME, PHI_ID = "Doe^Jane", "MRN4711"
 PHI = {"PatientName": PHI_NAME, "PatientID": PHI_ID, "PatientBirthDate": "19700101"}

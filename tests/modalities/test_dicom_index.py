@@ -16,7 +16,7 @@ from modalities.dicom import read_dicom_series
 from modalities.dicom_index import index_dicom, write_manifest
 from modalities.errors import ConfigError
 from modalities.paths import SeriesRef, resolve_under_root
-from modalities.synth import SynthConfig, synth_cohort
+from synth import SynthConfig, synth_cohort
 
 
 def _clone(files: list[Path], dest: Path, tag: str, **attrs: object) -> tuple[str, list[Path]]:

@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 
 from modalities.cohort import CohortConfig
-from modalities.dicom import write_dicom_series
 from modalities.dicom_index import index_dicom
 from modalities.errors import ConfigError, InputRejected, ReasonCode
 from modalities.files import check_tree, read_capped
 from modalities.ingest import ingest_manifest, plan_ingest
 from modalities.note import NoteModality, looks_like_path
 from modalities.paths import SeriesRef, resolve_under_root, source_files, split_selector
+from synth.dicom_writer import write_dicom_series
 
 fifo_only = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
 CANARY = "Whitfield_Jane_00451234"  # a name + MRN as hospital exports put in file names
@@ -314,7 +314,7 @@ def test_index_skips_fifos_devices_and_links_out(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bad_corpus_gives_every_planted_code(tmp_path: Path) -> None:
     """make_bad_corpus through in-process ingest: each row gets its code, nothing hangs."""
-    from modalities.synth import make_bad_corpus
+    from synth import make_bad_corpus
     from workflows.config import load_config
 
     expected = make_bad_corpus(tmp_path / "bad")

@@ -1,7 +1,7 @@
 """A corpus of malformed and unusual inputs that must each end in exactly one place.
 
 Built from the files pydicom and nibabel ship plus series generated here with pydicom and
-nibabel directly (not ``modalities.synth``, so a bug in clinfuse's own writer cannot hide
+nibabel directly (not ``synth.dicom_writer``, so a bug in clinfuse's own writer cannot hide
 one in the reader). Every input has an expected outcome: accepted, or quarantined with one
 exact reason code. The corpus is ingested in-process (fast, exact per-input codes) and once
 through the real CLI (``python -m workflows.cli ingest``), which must exit 0.

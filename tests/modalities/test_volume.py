@@ -13,11 +13,12 @@ from pydicom.data import get_testdata_file
 
 from modalities.base import modality_class
 from modalities.ct import CTModality, CTSpec
-from modalities.dicom import Volume, write_dicom_series
+from modalities.dicom_geometry import Volume
 from modalities.errors import InputRejected, ReasonCode
 from modalities.mri import MRIModality
 from modalities.paths import SeriesRef
 from modalities.volume import VolumeSpec, preprocess_volume, preprocess_with_affine, read_nifti
+from synth.dicom_writer import write_dicom_series
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 

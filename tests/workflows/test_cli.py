@@ -75,7 +75,7 @@ import pytest  # noqa: E402
 def small_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 synthetic patients ingested with the tiny recipe: too few for three splits."""
     from modalities.ingest import ingest_manifest
-    from modalities.synth import synth_cohort
+    from synth import synth_cohort
     from workflows.config import load_config
 
     root = tmp_path_factory.mktemp("cli-small")
@@ -149,7 +149,7 @@ def test_train_missing_prepared_folder(tmp_path: Path) -> None:
 def test_train_prepared_without_a_configured_modality(tmp_path: Path) -> None:
     """A cohort ingested with CT + notes, trained with the default (CT + MRI + notes)."""
     from modalities.ingest import ingest_manifest
-    from modalities.synth import synth_cohort
+    from synth import synth_cohort
     from workflows.config import load_config
 
     synth_cohort(tmp_path / "s", patients=3, seed=2)

@@ -1,10 +1,7 @@
-"""Batch scoring: exactly-once, resumable predictions to Parquet and a real PostgreSQL.
+"""Batch scoring loop: every eligible patient once, skips with reasons, resume, typed errors.
 
-One small synthetic cohort is ingested with the real ingest (tiny config, tiny random note
-encoder), with edits to the manifest so every skip reason occurs: CT quarantined with no
-note, no usable modality, excluded by policy, and a duplicated patient ID. Each test
-scores into its own folder under its own model name (the input hash covers the model
-name, so tests sharing the module's database never share keys).
+Each test scores into its own folder under its own model name (the input hash covers the
+model name, so tests sharing the module's database never share keys).
 """
 
 from __future__ import annotations
@@ -17,9 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,130 +22,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fusion.artifact import ModelArtifact
 from fusion.data import PreparedCohort
 from fusion.predictor import Predictor
-from fusion.scoring import (
-    TABLE,
-    ScoringError,
-    consolidate,
-    input_hash,
-    psi,
-    score_cohort,
-    score_reference,
-)
 from modalities.errors import ConfigError
-from modalities.ingest import ingest_manifest
-from modalities.pseudonym import Pseudonymizer
-from modalities.synth import synth_cohort
-from workflows.config import load_config
-
-REPO = Path(__file__).resolve().parents[2]
-MODS = ["ct", "note"]
-OVERRIDES = ["cohort.modalities.note.encoder.model=tiny-random"]
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Synth 20 good + 3 bad-CT patients, edit the manifest, ingest; expected skip reasons."""
-    root = tmp_path_factory.mktemp("scoring")
-    synth = synth_cohort(root / "raw", patients=20, seed=5, bad_inputs=3)
-    manifest = pd.read_csv(synth.manifest_path, dtype=str, keep_default_na=False)
-    expected_q = pd.read_csv(synth.out / "expected_quarantine.csv", dtype=str)
-    pseudo = Pseudonymizer.from_env()
-    expected: dict[str, str] = {}
-    for _, e in expected_q.iterrows():  # bad CT and no note: nothing left for a CT+note model
-        manifest.loc[manifest["patient_id"] == e["patient_id"], "note"] = ""
-        expected[pseudo(e["patient_id"])] = f"quarantined: {e['expected_code']}"
-    good = manifest.index[:20]
-    with_mri = [i for i in good if manifest.at[i, "mri"] != ""]
-    no_mod, excl, dup_a, dup_b = with_mri[0], with_mri[1], with_mri[2], with_mri[3]
-    manifest.loc[no_mod, ["ct", "note"]] = ""  # MRI only: nothing this model reads
-    expected[pseudo(manifest.at[no_mod, "patient_id"])] = "no usable modality"
-    manifest.loc[excl, ["ct", "mri", "note"]] = ""  # no input at all: ingest excludes it
-    expected[pseudo(manifest.at[excl, "patient_id"])] = "excluded by policy"
-    manifest.at[dup_b, "patient_id"] = manifest.at[dup_a, "patient_id"]
-    expected[pseudo(manifest.at[dup_a, "patient_id"])] = "quarantined: DUPLICATE_PATIENT"
-    manifest.to_csv(synth.manifest_path, index=False)
-
-    cfg = load_config("tiny", OVERRIDES).cohort
-    prepared = root / "prepared"
-    ingest_manifest(synth.manifest_path, cfg, synth.out, prepared, chunk_size=8)
-    phi = json.loads((synth.out / "phi.json").read_text())
-    return {"prepared": prepared, "expected_skipped": expected, "phi": phi,
-            "raw_ids": sorted(set(manifest["patient_id"]))}
-
-
-def predictor_config(modalities: list[str] = MODS) -> dict[str, Any]:
-    """A predictor config built the way ``train_variant`` builds one (``ModelArtifact``)."""
-    cfg = load_config("tiny", OVERRIDES)
-    return ModelArtifact.build(cfg.cohort, cfg.model, modalities, prior=0.3,
-                               label_names=["label"]).to_config()
-
-
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    torch.manual_seed(0)
-    return Predictor(predictor_config(), device="cpu").to_device()
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A uniquely named database for this module, dropped at the end."""
-    import psycopg2
-
-    name = f"clinfuse_test_scoring_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(dbname="postgres", **PG)
-    admin.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def db_rows(url: str, model_name: str) -> pd.DataFrame:
-    import psycopg2
-
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT patient, model_version, input_hash, probability, prediction, "
-                    f"present_ct, present_note FROM {TABLE} WHERE model_name = %s",
-                    (model_name,))
-        cols = [d[0] for d in cur.description]
-        rows = cur.fetchall()
-    conn.close()
-    return pd.DataFrame(rows, columns=cols)
-
-
-def eligible_rows(prepared: Path) -> pd.DataFrame:
-    """Independent expectation: not excluded, CT or note accepted."""
-    f = pd.read_parquet(prepared / "cohort.parquet")
-    ok = (f["ct_status"] == "ok") | (f["note_status"] == "ok")
-    return f[~f["excluded"] & ok].reset_index(drop=True)
-
-
-def assert_db_equals_parquet(url: str, out: Path, model_name: str) -> None:
-    pq_df = pd.read_parquet(out / "predictions.parquet")
-    pq_df = pq_df[pq_df["model_name"] == model_name]
-    db = db_rows(url, model_name)
-    key = ["patient", "model_version", "input_hash"]
-    assert not db.duplicated(key).any() and not pq_df.duplicated(key).any()
-    merged = pq_df.merge(db, on=key, how="outer", suffixes=("", "_db"), indicator=True)
-    assert (merged["_merge"] == "both").all(), merged["_merge"].value_counts()
-    np.testing.assert_allclose(merged["probability"], merged["probability_db"], rtol=0,
-                               atol=1e-12)
-    assert (merged["prediction"].astype(str) == merged["prediction_db"]).all()
-    assert (merged["present_ct"] == merged["present_ct_db"]).all()
-
-
-# --------------------------------------------------------------------------- tests
+from scoring import ScoringError, score_cohort
+from scoring.plan import input_hash
+from scoring.stores.postgres import TABLE
+from tests.scoring.helpers import (
+    MODS,
+    PG,
+    REPO,
+    assert_db_equals_parquet,
+    db_rows,
+    eligible_rows,
+    predictor_config,
+)
 
 
 def test_scores_every_eligible_patient_once_and_reports_skips(
@@ -163,6 +49,7 @@ def test_scores_every_eligible_patient_once_and_reports_skips(
     want = eligible_rows(prepared)
     assert s.eligible == s.scored_now == len(want) and s.already_scored == 0
     assert calls[-1] == (len(want), len(want))
+    assert s.predictions_path == str(tmp_path / "predictions.parquet")
     df = pd.read_parquet(tmp_path / "predictions.parquet")
     assert sorted(df["patient"]) == sorted(want["patient"])
     assert list(df.columns) == ["patient", "model_name", "model_version", "input_hash",
@@ -268,36 +155,6 @@ def test_changed_input_gets_a_new_row(
     assert second.distribution["n"] == first.eligible  # current rows only
 
 
-def test_resume_syncs_parts_missing_from_postgres(
-    cohort: dict, predictor: Predictor, tmp_path: Path, pg_url: str
-) -> None:
-    import psycopg2
-
-    first = score_cohort(cohort["prepared"], predictor, tmp_path, "sync", "1", batch_size=4,
-                         db_url=pg_url)
-    with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
-        cur.execute(f"DELETE FROM {TABLE} WHERE model_name = 'sync' AND patient IN "
-                    f"(SELECT patient FROM {TABLE} WHERE model_name = 'sync' LIMIT 3)")
-    conn.close()
-    assert len(db_rows(pg_url, "sync")) == first.eligible - 3
-    again = score_cohort(cohort["prepared"], predictor, tmp_path, "sync", "1", batch_size=4,
-                         db_url=pg_url)
-    assert again.scored_now == 0 and 1 <= again.db_parts_synced <= 3
-    assert_db_equals_parquet(pg_url, tmp_path, "sync")
-
-
-def test_consolidation_drops_duplicate_rows(
-    cohort: dict, predictor: Predictor, tmp_path: Path
-) -> None:
-    s = score_cohort(cohort["prepared"], predictor, tmp_path, "dedup", "1", batch_size=4)
-    parts = sorted((tmp_path / "parts").glob("part-*.parquet"))
-    shutil.copy(parts[0], tmp_path / "parts" / "part-zzzz-copy.parquet")  # e.g. a stray copy
-    assert consolidate(tmp_path) is True
-    df = pd.read_parquet(tmp_path / "predictions.parquet")
-    assert len(df) == s.eligible and df["patient"].is_unique
-    assert consolidate(tmp_path) is False  # up to date: left alone
-
-
 def test_no_phi_in_outputs_or_database(
     cohort: dict, predictor: Predictor, tmp_path: Path, pg_url: str
 ) -> None:
@@ -320,32 +177,6 @@ def test_no_phi_in_outputs_or_database(
     blob = "\n".join(texts)
     leaked = sorted(c for c in canaries if c in blob)
     assert not leaked, f"{len(leaked)} PHI canaries found in scoring output"
-
-
-def test_drift_against_a_reference(
-    cohort: dict, predictor: Predictor, tmp_path: Path
-) -> None:
-    first = score_cohort(cohort["prepared"], predictor, tmp_path, "drift", "1")
-    df = pd.read_parquet(tmp_path / "predictions.parquet")
-    same = score_reference(df["probability"].to_numpy(), {"ct": 1.0, "note": 0.5}, 0.4)
-    s = score_cohort(cohort["prepared"], predictor, tmp_path, "drift", "1", reference=same)
-    assert s.drift["psi"]["probability"] == pytest.approx(0.0, abs=1e-9)
-    ct = s.drift["presence"]["ct"]
-    assert ct["current"] == pytest.approx(df["present_ct"].mean())
-    assert ct["difference"] == pytest.approx(df["present_ct"].mean() - 1.0)
-    prior = s.drift["prior"]["probability"]
-    assert prior["reference"] == 0.4
-    assert prior["difference"] == pytest.approx(df["probability"].mean() - 0.4)
-    assert first.drift["prior"]["probability"]["reference"] == 0.3  # the predictor's prior
-    shifted = score_reference(np.clip(df["probability"].to_numpy() + 0.3, 0, 1))
-    far = score_cohort(cohort["prepared"], predictor, tmp_path, "drift", "1", reference=shifted)
-    assert far.drift["psi"]["probability"] > 0.25
-
-
-def test_psi_basics() -> None:
-    assert psi([10, 20, 30], [1, 2, 3]) == pytest.approx(0.0)
-    assert psi([50, 50, 0], [0, 50, 50]) > 1.0
-    assert np.isnan(psi([0, 0], [1, 2]))
 
 
 def test_bad_inputs_are_typed_errors(
@@ -373,7 +204,7 @@ torch.set_num_threads(1)
 from pathlib import Path
 import json
 from fusion.predictor import Predictor
-from fusion.scoring import score_cohort
+from scoring import score_cohort
 cfg = json.loads(Path(sys.argv[1]).read_text())
 p = Predictor(cfg, device="cpu")
 p.model.load_state_dict(torch.load(sys.argv[2]))

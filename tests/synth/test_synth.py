@@ -16,7 +16,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from modalities.errors import ReasonCode
-from modalities.synth import BAD_INPUT_KINDS, SynthConfig, make_bad_corpus, synth_cohort
+from synth import BAD_INPUT_KINDS, SynthConfig, make_bad_corpus, synth_cohort
 
 PATIENTS = 60
 
