@@ -1,13 +1,18 @@
 """The model core: fusion strategies, heads, ``FusionModel`` and its factory."""
 
-from fusion.base import Fusion, FusionOutput, create_fusion, fusion_names, register_fusion
-from fusion.config import FusionConfig, HeadConfig, ModelConfig
+from fusion.base import (
+    Fusion,
+    FusionOutput,
+    builtin_fusion_names,
+    create_fusion,
+    fusion_names,
+    register_fusion,
+)
+from fusion.config import FusionConfig, HeadConfig, ModelConfig, StackConfig
 from fusion.heads import Head, create_head, head_names, register_head
 from fusion.model import FusionModel, build_model, drop_modalities
-from fusion.strategies import EXPECTED_FUSIONS
 
 __all__ = [
-    "EXPECTED_FUSIONS",
     "Fusion",
     "FusionConfig",
     "FusionModel",
@@ -15,7 +20,9 @@ __all__ = [
     "Head",
     "HeadConfig",
     "ModelConfig",
+    "StackConfig",
     "build_model",
+    "builtin_fusion_names",
     "create_fusion",
     "create_head",
     "drop_modalities",

@@ -6,7 +6,8 @@ A strategy receives the projected tokens of every modality the model was built w
 order of the dicts never matters, and returns a ``FusionOutput``.
 
 Adding a strategy means one new file under ``fusion/strategies/`` with one
-``@register_fusion("name")`` class, and its name in ``EXPECTED_FUSIONS``.
+``@register_fusion("name")`` class; the registry imports that package's modules on first
+lookup, and plugins add strategies through the ``clinfuse.fusion`` entry-point group.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 from fusion.layers import MaskedBatchNorm
 from modalities.base import Tokens
 from modalities.errors import ConfigError
-from modalities.registry import Registry
+from modalities.registry import FUSION_GROUP, Registry, builtin_modules
 
 
 @dataclass
@@ -141,13 +142,22 @@ class Fusion(nn.Module):
         raise NotImplementedError
 
 
-_FUSIONS: Registry[type[Fusion]] = Registry("fusion strategy")
+_FUSIONS: Registry[type[Fusion]] = Registry(
+    "fusion strategy",
+    builtins=lambda: builtin_modules("fusion.strategies"),
+    group=FUSION_GROUP,
+)
 register_fusion = _FUSIONS.register
 
 
 def fusion_names() -> list[str]:
-    """Names of all registered fusion strategies, sorted."""
+    """Names of all fusion strategies (built-in and declared by plugins), sorted."""
     return _FUSIONS.names()
+
+
+def builtin_fusion_names() -> list[str]:
+    """Names of the strategies in ``fusion/strategies/``, sorted (no plugin imported)."""
+    return _FUSIONS.builtin_names()
 
 
 def check_options(kind: str, name: str, cls: type, options: dict[str, Any]) -> None:
@@ -171,8 +181,6 @@ def check_options(kind: str, name: str, cls: type, options: dict[str, Any]) -> N
 
 def create_fusion(name: str, d_model: int, modalities: Sequence[str], **kw: Any) -> Fusion:
     """Build strategy ``name`` for ``modalities``; unknown names/options are ``ClinfuseError``s."""
-    import fusion.strategies  # noqa: F401  (registers the strategies)
-
     cls = _FUSIONS.get(name)
     check_options("fusion strategy", name, cls, kw)
     return cls(d_model, modalities, **kw)

@@ -36,12 +36,27 @@ class HeadConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class StackConfig(BaseModel):
+    """Input-level early fusion: co-registered volume ``modalities`` (same spec size) stacked
+    as channels, each with a presence channel, into one shared volume ``encoder`` (a
+    ``VolumeEncoderConfig``: ``{name: tiny}``, ``{name: resnet18, out_dim: 128}``...). To
+    the fusion strategy the stack is one modality called ``name``
+    (``fusion.strategies.early.ChannelStackEncoder``; docs/fusion.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modalities: list[str] = Field(min_length=2)
+    name: str = "volumes"
+    encoder: dict[str, Any] = Field(default_factory=dict)
+
+
 class ModelConfig(BaseModel):
     """Everything ``build_model`` needs besides the encoders.
 
     ``modality_dropout``: per-modality drop probability during training (a row always keeps
     at least one modality). ``max_positions``: learned positional embeddings for up to that
     many tokens per modality (0 = none; most encoders already encode position).
+    ``stack``: channel-stack these volume modalities into one encoder (``StackConfig``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -52,3 +67,4 @@ class ModelConfig(BaseModel):
     max_positions: int = Field(0, ge=0)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
+    stack: StackConfig | None = None

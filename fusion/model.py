@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from fusion.base import Fusion, FusionOutput, create_fusion
-from fusion.config import ModelConfig
+from fusion.config import ModelConfig, StackConfig
 from fusion.heads import Head, create_head
+from fusion.strategies.early import ChannelStackEncoder, stack_volume_inputs
 from modalities.base import Tokens
 from modalities.errors import ConfigError
 
@@ -75,6 +76,8 @@ class FusionModel(nn.Module):
     ``contributions``, ``present`` (after modality dropout) and ``loss`` when labels are given
     (contrastive heads: always). A unimodal model is this class with one encoder.
     ``encoder_dims`` gives each encoder's token width (default: the encoder's ``out_dim``).
+    ``stack`` = ``(name, volumes)``: the batch's ``volumes`` are channel-stacked into modality
+    ``name`` before encoding (its encoder is a ``ChannelStackEncoder``).
     """
 
     def __init__(
@@ -85,8 +88,10 @@ class FusionModel(nn.Module):
         encoder_dims: dict[str, int] | None = None,
         modality_dropout: float = 0.0,
         max_positions: int = 0,
+        stack: tuple[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
+        self.stack = stack
         names = sorted(encoders)
         if names != fusion.modalities or names != head.modalities:
             raise ConfigError(
@@ -152,6 +157,8 @@ class FusionModel(nn.Module):
         present: dict[str, torch.Tensor],
         labels: torch.Tensor | None = None,
     ) -> dict[str, Any]:
+        if self.stack is not None:
+            batch, present = self._stack_inputs(batch, present)
         present = self._check_present(batch, present)
         if self.training:
             present = drop_modalities(present, self.modality_dropout)
@@ -165,6 +172,18 @@ class FusionModel(nn.Module):
             present=present,
         )
         return result
+
+    def _stack_inputs(
+        self, batch: Batch, present: dict[str, torch.Tensor]
+    ) -> tuple[Batch, dict[str, torch.Tensor]]:
+        """Replace the stacked volumes by their stack (absent when no volume is in the batch)."""
+        name, volumes = self.stack  # type: ignore[misc]
+        if any(v in batch for v in volumes):
+            return stack_volume_inputs(batch, present, volumes, name)
+        ref = next(iter(present.values()))
+        present = {m: p for m, p in present.items() if m not in volumes}
+        present[name] = torch.zeros_like(ref, dtype=torch.bool)
+        return {m: x for m, x in batch.items() if m not in volumes}, present
 
     def _check_present(
         self, batch: Batch, present: dict[str, torch.Tensor]
@@ -206,6 +225,7 @@ def build_model(
     encoder_dims: dict[str, int] | None = None,
 ) -> FusionModel:
     """Create a ``FusionModel`` from config, looking strategy and head up by name."""
+    encoders, stack = _stack_encoders(cfg.stack, encoders)
     names = sorted(encoders)
     fusion = create_fusion(
         cfg.fusion.name,
@@ -225,4 +245,33 @@ def build_model(
         encoder_dims=encoder_dims,
         modality_dropout=cfg.modality_dropout,
         max_positions=cfg.max_positions,
+        stack=stack,
     )
+
+
+def _stack_encoders(
+    cfg: StackConfig | None, encoders: dict[str, nn.Module]
+) -> tuple[dict[str, nn.Module], tuple[str, list[str]] | None]:
+    """Swap the encoders of ``cfg.modalities`` for one ``ChannelStackEncoder``.
+
+    Only the stack's modalities that the model has are stacked; with fewer than two (a
+    unimodal baseline) each keeps its own encoder, so a baseline is the same model with one
+    modality.
+    """
+    if cfg is None:
+        return encoders, None
+    volumes = sorted(m for m in cfg.modalities if m in encoders)
+    if len(volumes) < 2:
+        return encoders, None
+    if cfg.name in encoders:
+        raise ConfigError(f"model.stack.name {cfg.name!r} is already a modality; rename it")
+    from modalities.volume_encoders import VolumeEncoderConfig, build_volume_encoder
+
+    try:
+        vcfg = VolumeEncoderConfig.model_validate(cfg.encoder)
+    except ValueError as err:
+        raise ConfigError(f"model.stack.encoder: {err}".replace("\n", " ")) from None
+    shared = build_volume_encoder(vcfg, in_channels=2 * len(volumes))
+    out = {m: e for m, e in encoders.items() if m not in volumes}
+    out[cfg.name] = ChannelStackEncoder(volumes, shared)
+    return out, (cfg.name, volumes)

@@ -31,7 +31,8 @@ from modalities.base import (
     Tokens,
     register_modality,
 )
-from modalities.errors import InputRejected, ReasonCode, UnknownNameError
+from modalities.errors import InputRejected, ReasonCode
+from modalities.registry import Registry, encoder_registry
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 LOG_FLOOR = 1e-6  # log(LOG_FLOOR) is the value of silence and of padded frames
@@ -289,15 +290,14 @@ class AudioTransformer(AudioCNN):
 
 
 AudioBuilder = Callable[[int, AudioEncoderConfig], nn.Module]
-AUDIO_ENCODERS: dict[str, AudioBuilder] = {"cnn": AudioCNN, "transformer": AudioTransformer}
+AUDIO_ENCODERS: Registry[AudioBuilder] = encoder_registry("audio encoder")
+AUDIO_ENCODERS.add("cnn", AudioCNN)
+AUDIO_ENCODERS.add("transformer", AudioTransformer)
 
 
 def build_audio_encoder(n_mels: int, cfg: AudioEncoderConfig) -> nn.Module:
     """The encoder ``cfg.name`` names; ``forward(mel, mel_mask) -> Tokens``."""
-    try:
-        builder = AUDIO_ENCODERS[cfg.name]
-    except KeyError:
-        raise UnknownNameError("audio encoder", cfg.name, list(AUDIO_ENCODERS)) from None
+    builder = AUDIO_ENCODERS.get(cfg.name)
     return builder(n_mels, cfg)
 
 

@@ -1,8 +1,10 @@
 """The modality contract: load -> validate -> preprocess -> encode, and its registry.
 
-Adding a modality means one new file with one ``@register_modality("name")`` class and its
-module name in ``MODALITY_MODULES``; lookups import those modules on first use (so
-``import modalities`` stays light), and a test checks every expected name is registered.
+Adding a modality means one new file with one ``@register_modality("name")`` class: the
+registry imports the modules of this package that use the decorator on first lookup (so
+``import modalities`` stays light), and plugins add modalities through the
+``clinfuse.modalities`` entry-point group (``modalities.registry``). A test lists the
+expected built-in names, so an import that silently fails to register one is caught.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from modalities.errors import InputRejected, ReasonCode
 from modalities.files import read_capped
 from modalities.paths import SeriesRef, resolve_under_root
-from modalities.registry import Registry
+from modalities.registry import MODALITY_GROUP, Registry, builtin_modules
 
 
 @dataclass
@@ -147,28 +149,29 @@ class SingleFileModality(Modality):
         return hashlib.blake2b(self.read_bytes(source), digest_size=20).hexdigest()
 
 
-_REGISTRY: Registry[type[Modality]] = Registry("modality")
+def _builtin_modality_modules() -> list[str]:
+    """The modules of this package that register a modality (found by their decorator)."""
+    return builtin_modules("modalities", marker="@register_modality(")
+
+
+_REGISTRY: Registry[type[Modality]] = Registry(
+    "modality", builtins=_builtin_modality_modules, group=MODALITY_GROUP
+)
 register_modality = _REGISTRY.register
-MODALITY_MODULES = ("audio", "ct", "image", "mri", "note", "tabular")
-
-
-def _ensure_registered() -> None:
-    """Import every modality module once (registration happens at import)."""
-    import importlib
-
-    for mod in MODALITY_MODULES:
-        importlib.import_module(f"modalities.{mod}")
 
 
 def modality_names() -> list[str]:
-    """Names of all registered modalities, sorted."""
-    _ensure_registered()
+    """Names of all modalities (built-in and declared by installed plugins), sorted."""
     return _REGISTRY.names()
+
+
+def builtin_modality_names() -> list[str]:
+    """Names of the modalities clinfuse itself registers, sorted (no plugin is imported)."""
+    return _REGISTRY.builtin_names()
 
 
 def modality_class(name: str) -> type[Modality]:
     """Look a modality class up by name, listing valid names if unknown."""
-    _ensure_registered()
     return _REGISTRY.get(name)
 
 

@@ -67,6 +67,10 @@ class UnknownNameError(ConfigError, KeyError):
         return str(self.args[0])
 
 
+class PluginError(ConfigError):
+    """An installed plugin (an entry point in a ``clinfuse.*`` group) failed to load."""
+
+
 class InputRejected(ClinfuseError):
     """One input cannot be used. Ingest quarantines it and carries on with the batch.
 

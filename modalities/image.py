@@ -24,6 +24,7 @@ from torch import nn
 
 from modalities.base import SingleFileModality, Spec, Tokens, register_modality
 from modalities.errors import ConfigError, InputRejected, ReasonCode, UnknownNameError
+from modalities.registry import Registry
 from modalities.volume_encoders import (
     VolumeEncoderConfig,
     build_volume_encoder,
@@ -260,12 +261,14 @@ class HFVisionEncoder(nn.Module):
 
 
 ImageBuilder = Callable[[ImageEncoderConfig, int], nn.Module]
-IMAGE_ONLY_ENCODERS: dict[str, ImageBuilder] = {"hf_vision": HFVisionEncoder}
+# Plugins add 2D encoders as volume nets (``register_volume_net``; they get spatial_dims 2).
+IMAGE_ONLY_ENCODERS: Registry[ImageBuilder] = Registry("image encoder", stamp=False)
+IMAGE_ONLY_ENCODERS.add("hf_vision", HFVisionEncoder)
 
 
 def image_encoder_names() -> list[str]:
     """Every name ``ImageEncoderConfig.name`` accepts: 2D volume nets + image-only ones."""
-    return sorted(set(volume_net_names()) | set(IMAGE_ONLY_ENCODERS))
+    return sorted(set(volume_net_names()) | set(IMAGE_ONLY_ENCODERS.names()))
 
 
 def build_image_encoder(
@@ -277,9 +280,8 @@ def build_image_encoder(
     """
     if cfg.spatial_dims != 2:
         raise ConfigError("image encoders are 2D: leave encoder.spatial_dims at 2")
-    builder = IMAGE_ONLY_ENCODERS.get(cfg.name)
-    if builder is not None:
-        return builder(cfg, in_channels)
+    if cfg.name in IMAGE_ONLY_ENCODERS:
+        return IMAGE_ONLY_ENCODERS.get(cfg.name)(cfg, in_channels)
     if cfg.name not in volume_net_names():
         raise UnknownNameError("image encoder", cfg.name, image_encoder_names())
     return build_volume_encoder(cfg, in_channels=in_channels, input_size=input_size)

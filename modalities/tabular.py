@@ -23,8 +23,9 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
 from modalities.base import EncoderConfig, Modality, Spec, Tokens, register_modality
-from modalities.errors import ConfigError, InputRejected, ReasonCode, UnknownNameError
+from modalities.errors import ConfigError, InputRejected, ReasonCode
 from modalities.paths import resolve_under_root
+from modalities.registry import Registry, encoder_registry
 
 _MAX_BYTES = 1_000_000
 
@@ -136,15 +137,14 @@ class FeatureTokenizer(nn.Module):
 
 
 TabularBuilder = Callable[[int, TabularEncoderConfig], nn.Module]
-TABULAR_ENCODERS: dict[str, TabularBuilder] = {"mlp": TabularMLP, "ft": FeatureTokenizer}
+TABULAR_ENCODERS: Registry[TabularBuilder] = encoder_registry("tabular encoder")
+TABULAR_ENCODERS.add("mlp", TabularMLP)
+TABULAR_ENCODERS.add("ft", FeatureTokenizer)
 
 
 def build_tabular_encoder(n_features: int, cfg: TabularEncoderConfig) -> nn.Module:
     """The encoder ``cfg.name`` names; ``forward(x (B, 2F)) -> Tokens``."""
-    try:
-        builder = TABULAR_ENCODERS[cfg.name]
-    except KeyError:
-        raise UnknownNameError("tabular encoder", cfg.name, list(TABULAR_ENCODERS)) from None
+    builder = TABULAR_ENCODERS.get(cfg.name)
     if n_features < 1:
         raise ConfigError("tabular: spec.features is empty; list the lab/vital names to use")
     return builder(n_features, cfg)

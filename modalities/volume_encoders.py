@@ -21,7 +21,8 @@ from pydantic import field_validator
 from torch import nn
 
 from modalities.base import EncoderConfig, Tokens
-from modalities.errors import ConfigError, UnknownNameError
+from modalities.errors import ConfigError
+from modalities.registry import Registry, encoder_registry
 
 log = logging.getLogger(__name__)
 
@@ -226,24 +227,16 @@ class SwinLastStage(Backbone):
 
 
 BackboneBuilder = Callable[[VolumeEncoderConfig, int], Backbone]
-_NETS: dict[str, BackboneBuilder] = {}
-
-
-def register_volume_net(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    """Add a backbone builder ``(cfg, in_channels) -> Backbone`` under ``name``."""
-
-    def deco(fn: BackboneBuilder) -> BackboneBuilder:
-        if name in _NETS:
-            raise RuntimeError(f"volume net {name!r} registered twice")
-        _NETS[name] = fn
-        return fn
-
-    return deco
+_NETS: Registry[BackboneBuilder] = encoder_registry("volume encoder")
+# ``@register_volume_net("name")`` adds a builder ``(cfg, in_channels) -> Backbone``.
+register_volume_net: Callable[[str], Callable[[BackboneBuilder], BackboneBuilder]] = (
+    _NETS.register
+)
 
 
 def volume_net_names() -> list[str]:
-    """Names accepted by ``VolumeEncoderConfig.name``, sorted."""
-    return sorted(_NETS)
+    """Names accepted by ``VolumeEncoderConfig.name`` (plugins' included), sorted."""
+    return _NETS.names()
 
 
 register_volume_net("tiny")(lambda c, i: TinyConvNet(i, c.spatial_dims, c.width))
@@ -370,10 +363,7 @@ def build_volume_encoder(
         cfg = VolumeEncoderConfig.model_validate(cfg.model_dump() if cfg else {})
     if input_size is not None and "img_size" not in cfg.model_fields_set:
         cfg = cfg.model_copy(update={"img_size": tuple(int(s) for s in input_size)})
-    try:
-        builder = _NETS[cfg.name]
-    except KeyError:
-        raise UnknownNameError("volume encoder", cfg.name, list(_NETS)) from None
+    builder = _NETS.get(cfg.name)
     if in_channels < 1:
         raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
     backbone = builder(cfg, in_channels)

@@ -1,7 +1,8 @@
 """The MLflow layer: the only package that imports mlflow (always lazily).
 
-* ``registry.tracking`` - ``Tracker`` (one run, batched metrics, spool on outage),
-  ``resolve_tracking_uri``, ``replay_spool``;
+* ``registry.tracking`` - ``Tracker`` (one run, batched metrics, spool on outage);
+* ``registry.connection`` - ``resolve_tracking_uri``, short HTTP limits, experiments;
+* ``registry.spool`` - the offline spool a degraded run writes, and ``replay_spool``;
 * ``registry.model`` - code-free, pickle-free pyfunc models (safetensors + config.json),
   registration with file hashes, aliases (``challenger``/``champion``), ``promote``,
   ``load_predictor`` (verified, runs no stored code) and ``load_pyfunc`` (trusted
@@ -28,8 +29,8 @@ os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 # Public name -> submodule; resolved on first access so `import registry` stays cheap.
 _EXPORTS = {
     "Tracker": "tracking",
-    "resolve_tracking_uri": "tracking",
-    "replay_spool": "tracking",
+    "resolve_tracking_uri": "connection",
+    "replay_spool": "spool",
     "log_model": "model",
     "register_model": "model",
     "promote": "model",

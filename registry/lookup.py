@@ -37,7 +37,7 @@ def resolve_model_version(
 ) -> tuple[str, str]:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> ``(name, version)``."""
     uri = require_store(tracking_uri, workdir)
-    from registry.tracking import _redact, is_unavailable_error, short_http_limits
+    from registry.connection import is_unavailable_error, redact_uri, short_http_limits
 
     try:
         with short_http_limits(15, 1):  # a dead server: seconds, not MLflow's 7 retries
@@ -47,7 +47,7 @@ def resolve_model_version(
     except Exception as err:
         if is_unavailable_error(err):
             raise ConfigError(
-                f"the MLflow tracking server at {_redact(uri)} does not answer; start it or "
+                f"the MLflow tracking server at {redact_uri(uri)} does not answer; start it or "
                 "check MLFLOW_TRACKING_URI"
             ) from None
         raise

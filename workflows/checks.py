@@ -102,7 +102,6 @@ def _encoders(mods: dict[str, Any]) -> None:
 
 def model_names(cfg: Any, fusions: list[str]) -> None:
     """Fusion strategies, their options, and the head exist in the registries."""
-    import fusion.strategies  # noqa: F401  (registers the strategies)
     from fusion.base import _FUSIONS, check_options
     from fusion.heads import _HEADS
 

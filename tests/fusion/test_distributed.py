@@ -48,6 +48,7 @@ from fusion.run_folder import (
 )
 from fusion.train import Predictions, TrainConfig, fit, make_loader, seed_everything
 from modalities.errors import ConfigError
+from tests.model_recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["a", "b"]
@@ -248,21 +249,11 @@ def test_absent_modality_needs_find_unused_parameters(one_rank_group: None) -> N
 # --------------------------------------------------------------------------- config
 def tiny_config(tmp_path: Path, overrides: list[str]) -> Path:
     """A resolved config file, written the way `clinfuse train` writes one for its tasks."""
-    from workflows.config import load_config
-
     path = tmp_path / "resolved.yaml"
-    path.write_text(yaml.safe_dump(load_config("tiny", overrides).model_dump(mode="json")))
+    path.write_text(yaml.safe_dump(load_recipe("tiny", overrides).model_dump(mode="json")))
     return path
 
 
-def test_a_resolved_config_loads_back_unchanged(tmp_path: Path) -> None:
-    """The worker reads the resolved file through the one loader (workflows.config)."""
-    from workflows.config import load_config
-
-    path = tiny_config(tmp_path, ["train.batch_size=3"])
-    got, want = load_config(str(path)), load_config("tiny", ["train.batch_size=3"])
-    assert (got.cohort, got.model, got.train) == (want.cohort, want.model, want.train)
-    assert got.train.batch_size == 3
 
 
 # --------------------------------------------------------------------------- torchrun
@@ -281,11 +272,10 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """24 synthetic patients ingested with the tiny recipe, plus the resolved config."""
     from modalities.ingest import ingest_manifest
     from synth import synth_cohort
-    from workflows.config import load_config
 
     root = tmp_path_factory.mktemp("ddp")
     synth = synth_cohort(root / "raw", patients=24, seed=9)
-    cfg = load_config("tiny", OVERRIDES).cohort
+    cfg = load_recipe("tiny", OVERRIDES).cohort
     out = root / "prepared"
     ingest_manifest(synth.manifest_path, cfg, synth.out, out, chunk_size=8)
     return {"prepared": out, "config": tiny_config(root, OVERRIDES)}
@@ -350,15 +340,13 @@ def test_torchrun_one_rank_equals_plain_training(
 ) -> None:
     from fusion.data import PreparedCohort
     from fusion.experiment import Variant, split_cohort, train_variant
-    from workflows.config import load_config
-
     out = tmp_path / "out"
     proc = torchrun(1, prepared, out)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp_weights = read_run_folder(out).predictor().model.state_dict()
     ddp_metrics = json.loads((out / TEST_METRICS_FILE).read_text())
 
-    cfg = load_config(str(prepared["config"]))
+    cfg = load_recipe("tiny", OVERRIDES)  # what the resolved file holds
     cohort = PreparedCohort(prepared["prepared"], cfg.cohort)
     rows = split_cohort(cohort, cfg.train)
     variant = Variant("concat", "concat", tuple(sorted(cohort.mods)))

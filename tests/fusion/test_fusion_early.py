@@ -11,6 +11,7 @@ from fusion import FusionConfig, ModelConfig, build_model
 from fusion.strategies.early import ChannelStackEncoder, stack_volume_inputs
 from modalities.base import Tokens
 from modalities.errors import ConfigError
+from tests.model_recipes import load_recipe
 
 
 class TinyConv3d(nn.Module):
@@ -106,3 +107,52 @@ def test_stacked_volumes_with_note_through_early_strategy_trains() -> None:
     out["loss"].backward()
     assert model.encoders["volumes"].missing_value.grad is not None
     assert model.encoders["volumes"].encoder.conv.weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- from a recipe
+STACK = [
+    "model.stack={modalities: [ct, mri], encoder: {name: tiny, width: 4}}",
+    "cohort.modalities.mri.spec.size=[24,24,16]",  # co-registered: one grid for both
+    "model.fusion.name=early",
+]
+
+
+def test_recipe_stack_builds_one_channel_stack_encoder_and_trains() -> None:
+    """`model.stack` in a recipe: CT and MRI's real encoders are replaced by one shared tiny
+    net over 4 channels; the batch keeps its per-modality inputs (what collate gives)."""
+    recipe = load_recipe("tiny", STACK)
+    mods = recipe.cohort.build()
+    torch.manual_seed(0)
+    encoders = {m: mods[m].encoder() for m in ("ct", "mri")} | {"note": IdTokens(20, 12)}
+    model = build_model(recipe.model, encoders)
+    assert model.modalities == ["note", "volumes"]
+    stack = model.encoders["volumes"]
+    assert isinstance(stack, ChannelStackEncoder) and stack.volumes == ["ct", "mri"]
+    assert stack.encoder.backbone.net[0].in_channels == 4
+    assert mods["ct"].spec.size == mods["mri"].spec.size  # preprocess gives (1, 24, 24, 16)
+    g = torch.Generator().manual_seed(1)
+    raw = {m: {"x": torch.randn(4, 1, 24, 24, 16, generator=g)} for m in ("ct", "mri")}
+    raw["note"] = {"input_ids": torch.randint(0, 20, (4, 5), generator=g),
+                   "attention_mask": torch.ones(4, 5, dtype=torch.bool)}  # fmt: skip
+    present = {"ct": torch.tensor([1, 0, 1, 1]).bool(), "mri": torch.tensor([1, 1, 0, 0]).bool(),
+               "note": torch.tensor([1, 1, 1, 0]).bool()}  # fmt: skip
+    out = model.train()(raw, present, labels=torch.tensor([0.0, 1.0, 1.0, 0.0]))
+    out["loss"].backward()
+    assert stack.missing_value.grad is not None and set(out["contributions"]) == {
+        "note", "volumes"
+    }
+    # No volume in the whole batch: the stack is absent, nothing else changes.
+    only_note = {"note": raw["note"]}
+    out = model.eval()(only_note, {"note": torch.ones(4, dtype=torch.bool)})
+    assert out["logits"].shape[0] == 4
+
+
+def test_recipe_stack_keeps_unimodal_baselines_and_rejects_bad_encoders() -> None:
+    recipe = load_recipe("tiny", STACK)
+    model = build_model(recipe.model, {"ct": IdTokens(20, 12)})  # a CT-only baseline
+    assert model.modalities == ["ct"] and model.stack is None
+    bad = recipe.model.model_copy(
+        update={"stack": recipe.model.stack.model_copy(update={"encoder": {"name": "alexnet"}})}
+    )
+    with pytest.raises(ConfigError, match="alexnet"):
+        build_model(bad, {"ct": IdTokens(20, 12), "mri": IdTokens(20, 12)})

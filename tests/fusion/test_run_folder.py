@@ -27,7 +27,7 @@ from fusion.run_folder import (
     train_to_folder,
 )
 from modalities.errors import ConfigError
-from workflows.config import load_config
+from tests.model_recipes import load_recipe
 
 OVERRIDES = [
     "cohort.modalities.note.encoder.model=tiny-random",
@@ -41,7 +41,7 @@ OVERRIDES = [
 def test_artifact_dumps_the_config_models_were_saved_with() -> None:
     """A config dict as training wrote it before ModelArtifact existed loads and dumps back
     unchanged (plus ``reference: null``), so registered models keep loading."""
-    cfg = load_config("tiny")
+    cfg = load_recipe("tiny")
     legacy = {
         "cohort": cfg.cohort.model_dump(mode="json"),
         "model": cfg.model.model_dump(mode="json"),
@@ -61,7 +61,7 @@ def test_artifact_dumps_the_config_models_were_saved_with() -> None:
     ({"model": {"d_model": "wide"}}, "model.d_model"),
 ])
 def test_artifact_rejects_a_bad_saved_config(change: dict, match: str) -> None:
-    cfg = load_config("tiny")
+    cfg = load_recipe("tiny")
     good = ModelArtifact.build(cfg.cohort, cfg.model, ["ct"]).to_config()
     with pytest.raises(ConfigError, match=match):
         ModelArtifact.from_config({**good, **change})
@@ -75,7 +75,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     root = tmp_path_factory.mktemp("runfolder")
     synth = synth_cohort(root / "raw", patients=20, seed=5)
-    cfg = load_config("tiny", OVERRIDES)
+    cfg = load_recipe("tiny", OVERRIDES)
     prepared = root / "prepared"
     ingest_manifest(synth.manifest_path, cfg.cohort, synth.out, prepared, chunk_size=10)
     out = root / "run"

@@ -152,8 +152,9 @@ def test_encoders_mask_padded_frames(name: str) -> None:
 
 def test_registry_and_unknown_encoder() -> None:
     assert sorted(AUDIO_ENCODERS) == ["cnn", "transformer"]
-    with pytest.raises(UnknownNameError, match="valid names: cnn, transformer"):
+    with pytest.raises(UnknownNameError) as err:
         AudioModality(encoder={"name": "wav2vec"}).encoder()
+    assert err.value.valid == sorted(AUDIO_ENCODERS)
 
 
 def _riff(fmt_tag: int, bits: int, data: bytes) -> bytes:

@@ -315,13 +315,13 @@ def test_index_skips_fifos_devices_and_links_out(tmp_path: Path) -> None:
 def test_bad_corpus_gives_every_planted_code(tmp_path: Path) -> None:
     """make_bad_corpus through in-process ingest: each row gets its code, nothing hangs."""
     from synth import make_bad_corpus
-    from workflows.config import load_config
+    from tests.recipes import load_cohort
 
     expected = make_bad_corpus(tmp_path / "bad")
-    cfg = load_config("tiny", ["cohort.modalities.ct.spec.on_inconsistent_spacing=reject"])
+    cohort = load_cohort("tiny", ["cohort.modalities.ct.spec.on_inconsistent_spacing=reject"])
     summary = bounded(
         lambda: ingest_manifest(
-            tmp_path / "bad" / "manifest.csv", cfg.cohort, tmp_path / "bad", tmp_path / "out"
+            tmp_path / "bad" / "manifest.csv", cohort, tmp_path / "bad", tmp_path / "out"
         ),
         300,
     )

@@ -17,7 +17,7 @@ from fusion.artifact import ModelArtifact
 from fusion.predictor import EXAMPLE_NOTE, build_predictor
 from registry.model import CONFIG_FILE, log_model
 from registry.tracking import Tracker
-from workflows.config import load_config
+from tests.model_recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 BUILDER = "fusion.predictor:build_predictor"
@@ -26,7 +26,7 @@ MAX_VERSION_BYTES = 5 * 1024 * 1024
 
 def _tiny_config() -> dict:
     """A predictor config as training writes it (fusion.experiment), tiny recipe, binary."""
-    cfg = load_config("tiny")
+    cfg = load_recipe("tiny")
     return ModelArtifact.build(cfg.cohort, cfg.model, ["ct", "mri", "note"], threshold=0.4,
                                prior=0.3).to_config()
 
