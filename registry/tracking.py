@@ -219,9 +219,8 @@ class Tracker:
                 workdir=workdir)
         t.run_id, t.status = handle.get("run_id"), str(handle.get("status") or "active")
         if handle.get("spool_dir"):
-            t.spool_dir = Path(handle["spool_dir"])
-            files = t.spool_dir / "files"
-            t._spool_seq = len(list(files.iterdir())) if files.is_dir() else 0
+            t._spool = Spool.reopen(Path(handle["spool_dir"]))
+            t.spool_dir = t._spool.dir
         return t
 
     def child(self, run_name: str, **kwargs: Any) -> Tracker:
