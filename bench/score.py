@@ -50,18 +50,11 @@ def _overrides(note_model: str | None) -> list[str]:
 
 def predictor_config(note_model: str | None) -> dict[str, Any]:
     """A predictor config as ``train_variant`` builds it (tiny recipe, concat, 3 modalities)."""
+    from fusion.artifact import ModelArtifact
     from workflows.config import load_config
 
     cfg = load_config("tiny", _overrides(note_model))
-    return {
-        "cohort": cfg.cohort.model_dump(mode="json"),
-        "model": cfg.model.model_dump(mode="json"),
-        "modalities": MODS,
-        "threshold": 0.5,
-        "prior": 0.5,
-        "label_names": ["label"],
-        "task": "binary",
-    }
+    return ModelArtifact.build(cfg.cohort, cfg.model, MODS, label_names=["label"]).to_config()
 
 
 def prepare(

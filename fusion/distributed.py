@@ -3,28 +3,18 @@
 ``fusion.train.fit``/``make_loader`` become DDP-aware when a process group is initialised:
 training loaders are sharded by ``ShardSampler``, the model is wrapped once by ``wrap_ddp``,
 rank 0 alone validates and decides early stopping, and its decision is broadcast so every
-rank stops together. This module holds the process-group helpers and an entry point::
-
-    torchrun --standalone --nproc_per_node 2 -m fusion.distributed \\
-        --prepared PREPARED --config resolved.yaml --fusion concat --out OUT
-
-The entry point reads a *resolved* config (``cohort``/``model``/``train`` sections, no
-``base``): recipe lookup and ``--set`` overrides live in ``workflows.config``, which the
-fusion package must not import, so the caller (``clinfuse train --ddp``) resolves the recipe
-and hands over one file. See docs/distributed.md.
+rank stops together. This module holds only those primitives (environment, init, barrier,
+gather/broadcast, sampler, wrap); the torchrun entry point is ``workflows.train_worker``,
+which trains through ``fusion.run_folder.train_to_folder``. See docs/distributed.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import math
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,16 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, RandomSampler
 
-from modalities.errors import ClinfuseError, ConfigError
-
-# Written to --out by the entry point (rank 0, except the per-rank files).
-WEIGHTS_FILE = "weights.safetensors"
-PREDICTOR_CONFIG_FILE = "predictor_config.json"
-TEST_METRICS_FILE = "test_metrics.json"
-FIT_FILE = "fit.json"
-EPOCHS_FILE = "epochs.jsonl"
-TEST_PREDICTIONS_FILE = "test_predictions.parquet"
-RANKS_DIR = "ranks"
+from modalities.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -247,176 +228,3 @@ def rank_seed(seed: int, rank: int) -> int:
     """Seed of rank ``rank``'s own random stream (dropout, modality dropout)."""
     digest = hashlib.blake2b(f"{seed}:{rank}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-# --------------------------------------------------------------------------- entry point
-def read_resolved_config(path: Path) -> tuple[Any, Any, Any]:
-    """``(CohortConfig, ModelConfig, TrainConfig)`` from a resolved YAML/JSON config file.
-
-    Missing ``model``/``train`` sections take their defaults; other top-level keys (``name``,
-    ``ingest``, ``score``) are ignored. A ``base`` key means the recipe is not resolved.
-    """
-    import yaml
-    from pydantic import ValidationError
-
-    from fusion.config import ModelConfig
-    from fusion.train import TrainConfig
-    from modalities.cohort import CohortConfig
-
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass a resolved YAML config")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level")
-    if "base" in data:
-        raise ConfigError(
-            f"config {path} names a base recipe; pass a resolved config (all sections "
-            "spelled out): `clinfuse train --ddp N` writes one, or dump "
-            "workflows.config.load_config(NAME, overrides).model_dump(mode='json') to YAML"
-        )
-    if "cohort" not in data:
-        raise ConfigError(f"config {path} has no 'cohort' section")
-    sections = {"cohort": CohortConfig, "model": ModelConfig, "train": TrainConfig}
-    out = []
-    for key, cls in sections.items():
-        try:
-            out.append(cls.model_validate(data.get(key) or {}))
-        except ValidationError as err:
-            lines = [f"  {key}.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
-                     for e in err.errors()]
-            raise ConfigError(f"config {path} is invalid:\n" + "\n".join(lines)) from None
-    return out[0], out[1], out[2]
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m fusion.distributed",
-        description="Train one fusion variant with DDP (launch with torchrun).",
-    )
-    p.add_argument("--prepared", required=True, type=Path, help="prepared cohort folder")
-    p.add_argument("--config", required=True, type=Path,
-                   help="resolved config YAML (cohort/model/train sections, no 'base')")
-    p.add_argument("--fusion", required=True, help="fusion strategy name, e.g. concat")
-    p.add_argument("--modalities", default=None,
-                   help="comma-separated subset (default: every cohort modality; one name "
-                        "trains a unimodal baseline)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (rank 0 writes)")
-    p.add_argument("--backend", default=None, choices=["nccl", "gloo"],
-                   help="default: nccl with CUDA, else gloo")
-    return p
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> None so the files are strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(payload), indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)  # readers never see half a file
-
-
-def save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Write a state dict as safetensors (cloned: safetensors refuses shared storage)."""
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(path),
-              metadata={"format": "clinfuse"})
-
-
-def _predictions_frame(result: Any, task: str) -> Any:
-    """The test predictions table: the same columns as an in-process run's (the task's)."""
-    from fusion.tasks import get_task
-
-    test = result.test
-    return get_task(task).prediction_table(test.patients, test.probs, test.labels,
-                                           result.threshold, test.present)
-
-
-def run(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
-    """Split the cohort, train one variant (DDP when launched by torchrun), write outputs."""
-    from fusion.data import PreparedCohort
-    from fusion.experiment import plan_variants, split_cohort, train_variant
-
-    cohort_cfg, model_cfg, train_cfg = read_resolved_config(args.config)
-    cohort = PreparedCohort(args.prepared, cohort_cfg)
-    rows = split_cohort(cohort, train_cfg)
-    mods = [m for m in (args.modalities or "").split(",") if m] or sorted(cohort.mods)
-    unknown = sorted(set(mods) - set(cohort.mods))
-    if unknown:
-        raise ConfigError(f"--modalities names {', '.join(unknown)}, not in the cohort; valid "
-                          f"names: {', '.join(sorted(cohort.mods))}")
-    variant = plan_variants(mods, [args.fusion], baselines=False,
-                            unimodal_fusion=args.fusion)[0]
-    out: Path = args.out
-    (out / RANKS_DIR).mkdir(parents=True, exist_ok=True)
-    epochs = out / EPOCHS_FILE
-    if is_main():  # other ranks write their files only after training has synchronised
-        epochs.unlink(missing_ok=True)
-        for stale in (out / RANKS_DIR).glob("rank*.json"):
-            stale.unlink()
-
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:  # rank 0 only (fit's rule)
-        with epochs.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(_json_safe({"epoch": epoch, **metrics})) + "\n")
-        shown = {k: round(v, 4) for k, v in metrics.items() if k != "lr"}
-        print(f"epoch {epoch}: {shown}", file=sys.stderr, flush=True)
-
-    result = train_variant(cohort, rows, variant, model_cfg, train_cfg, on_epoch)
-    fit_res = result.fit
-    # Every rank reports what it trained on (pseudonyms only): shows the shards are disjoint.
-    _write_json(out / RANKS_DIR / f"rank{rank()}.json", {
-        "rank": rank(), "world_size": world_size(), "local_rank": env.local_rank,
-        "train_samples_per_epoch": fit_res.train_samples,
-        "train_patients_last_epoch": sorted(fit_res.train_patients),
-    })
-    summary = {
-        "variant": variant.name, "fusion": variant.fusion,
-        "modalities": list(variant.modalities), "world_size": world_size(),
-        "backend": dist.get_backend() if distributed() else None,
-        "per_process_batch_size": train_cfg.batch_size,
-        "best_epoch": fit_res.best_epoch, "best_value": fit_res.best_value,
-        "monitor": train_cfg.monitor or cohort.task_rules.monitor,
-        "stopped_early": fit_res.stopped_early,
-        "seconds": fit_res.seconds, "epochs": len(fit_res.history),
-        "history": fit_res.history, "threshold": result.threshold,
-        "splits": rows["split"].value_counts().to_dict(),
-    }
-    if is_main():
-        save_state(result.model.state_dict(), out / WEIGHTS_FILE)
-        _write_json(out / PREDICTOR_CONFIG_FILE, result.predictor_config)
-        _write_json(out / TEST_METRICS_FILE, result.test_metrics)
-        _write_json(out / FIT_FILE, summary)
-        _predictions_frame(result, cohort.task).to_parquet(out / TEST_PREDICTIONS_FILE,
-                                                           index=False)
-    barrier()  # no rank exits (tearing the job down) before rank 0 has written
-    return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; user errors print one line and exit 2 (no traceback)."""
-    args = _parser().parse_args(argv)
-    try:
-        env = init_distributed(args.backend)
-        try:
-            run(args, env)
-        finally:
-            cleanup()
-    except ClinfuseError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

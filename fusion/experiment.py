@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fusion.artifact import ModelArtifact
 from fusion.config import ModelConfig
 from fusion.data import Collator, PreparedCohort
 from fusion.metrics import presence_pattern
@@ -100,7 +101,7 @@ class VariantResult:
     variant: Variant
     model: FusionModel
     model_config: ModelConfig
-    predictor_config: dict[str, Any]
+    artifact: ModelArtifact
     fit: FitResult
     threshold: float
     test: Predictions
@@ -165,21 +166,17 @@ def train_variant(
         groups={"present": presence_pattern(test.present)},
         n_boot=train_cfg.n_boot, seed=train_cfg.seed, label_names=names, present=test.present,
     )
-    predictor_config = {
-        "cohort": cohort.cfg.model_dump(mode="json"),
-        "model": mcfg.model_dump(mode="json"),
-        "modalities": list(variant.modalities),
-        "threshold": threshold,
-        "prior": prior,
-        "label_names": names,
-        "task": cohort.task,
+    artifact = ModelArtifact.build(
+        cohort.cfg, mcfg, variant.modalities, threshold=threshold,
+        prior=0.5 if prior is None else prior,  # contrastive: no prior (nothing scores it)
+        label_names=names,
         # Drift reference for scoring: the test split's score histogram and presence rates.
-        "reference": score_reference(
+        reference=score_reference(
             test.probs, {m: float(np.mean(p)) for m, p in test.present.items()}, prior
         ) if task.scores else None,
-    }
-    return VariantResult(variant, model, mcfg, predictor_config, result, threshold, test,
-                         metrics, prior)
+    )
+    return VariantResult(variant, model, mcfg, artifact, result, threshold, test, metrics,
+                         prior)
 
 
 def _predict_all(

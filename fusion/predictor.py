@@ -13,6 +13,7 @@ and the matching output columns for the MLflow signature).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fusion.config import ModelConfig
+from fusion.artifact import ModelArtifact
 from fusion.data import collate_samples
 from fusion.device import autocast, resolve_device
 from fusion.model import FusionModel, build_model
@@ -30,32 +31,28 @@ from modalities.cohort import CohortConfig
 from modalities.errors import InputRejected
 
 
-def model_config_for(config: dict[str, Any]) -> ModelConfig:
-    return ModelConfig.model_validate(config["model"])
-
-
 class Predictor:
     """A FusionModel plus the modalities (specs, tokenizers) it was trained with.
 
-    ``config`` keys: ``cohort`` (CohortConfig dump), ``model`` (ModelConfig dump),
-    ``modalities`` (the subset this model uses), ``threshold``, ``prior`` (training
-    prevalence, used when a row has none of the model's modalities), ``label_names``.
+    Built from a ``ModelArtifact`` (or its saved dict, validated into one); ``config`` is
+    the artifact's JSON dict, ``artifact`` the typed object.
     """
 
-    def __init__(self, config: dict[str, Any], device: str = "auto") -> None:
-        self.config = config
-        self.cohort = CohortConfig.model_validate(config["cohort"])
-        self.modalities: list[str] = sorted(config["modalities"])
+    def __init__(self, config: ModelArtifact | Mapping[str, Any], device: str = "auto") -> None:
+        self.artifact = ModelArtifact.from_config(config)
+        self.config: dict[str, Any] = self.artifact.to_config()
+        self.cohort: CohortConfig = self.artifact.cohort
+        self.modalities: list[str] = sorted(self.artifact.modalities)
         built = self.cohort.build()
         self.mods: dict[str, Modality] = {m: built[m] for m in self.modalities}
         self.model: FusionModel = build_model(
-            model_config_for(config), {m: self.mods[m].encoder() for m in self.modalities}
+            self.artifact.model, {m: self.mods[m].encoder() for m in self.modalities}
         )
         self.device = resolve_device(device)
         self.task = self.cohort.task
         self.task_rules: Task = cohort_task(self.cohort)
-        self.threshold = float(config.get("threshold", 0.5))
-        self.prior = config.get("prior", 0.5)
+        self.threshold = float(self.artifact.threshold)
+        self.prior = self.artifact.prior
 
     def to_device(self) -> Predictor:
         self.model.to(self.device).eval()
@@ -136,7 +133,7 @@ class Predictor:
         return None if self.task_rules.scores else self.modalities
 
 
-def build_predictor(config: dict[str, Any]) -> Predictor:
+def build_predictor(config: ModelArtifact | Mapping[str, Any]) -> Predictor:
     """The pyfunc builder: a Predictor with freshly initialised weights (caller loads them)."""
     return Predictor(config)
 
@@ -145,7 +142,7 @@ def build_predictor(config: dict[str, Any]) -> Predictor:
 EXAMPLE_NOTE = "Synthetic example note for the model signature; no patient data."
 
 
-def frozen_references(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def frozen_references(config: ModelArtifact | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """State-dict prefixes of frozen text encoders that a package provides, by reference.
 
     A frozen (``trainable_layers: 0``) encoder of the packaged MiniLM, or the seeded
@@ -158,9 +155,10 @@ def frozen_references(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     from modalities import text_encoder as te
 
-    mods = CohortConfig.model_validate(config["cohort"]).build()
+    artifact = ModelArtifact.from_config(config)
+    mods = artifact.cohort.build()
     refs: dict[str, dict[str, Any]] = {}
-    for m in sorted(config["modalities"]):
+    for m in sorted(artifact.modalities):
         enc = getattr(mods[m], "encoder_config", None)
         if not isinstance(enc, te.TextEncoderConfig) or enc.trainable_layers != 0:
             continue
@@ -179,20 +177,20 @@ def frozen_references(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return refs
 
 
-def example_io(config: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def example_io(config: ModelArtifact | Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A one-row synthetic input (a placeholder note, other inputs absent) and the output
     frame's columns and types, without building the model (no weights are loaded)."""
-    cohort = CohortConfig.model_validate(config["cohort"])
+    artifact = ModelArtifact.from_config(config)
+    cohort = artifact.cohort
     mods = cohort.build()
-    modalities = sorted(config["modalities"])
+    modalities = sorted(artifact.modalities)
     row = {cohort.column(m): (EXAMPLE_NOTE if mods[m].kind == "text" else "") for m in modalities}
     inp = pd.DataFrame([row])
     shell = Predictor.__new__(Predictor)  # output_frame needs only these attributes
-    shell.config, shell.task, shell.modalities = config, cohort.task, modalities
+    shell.config, shell.task, shell.modalities = artifact.to_config(), cohort.task, modalities
     shell.task_rules = cohort_task(cohort)
-    shell.threshold = float(config.get("threshold") or 0.5)
-    prior = config.get("prior", 0.5)
-    probs = shell.task_rules.fill_missing(None, np.zeros(1, bool), prior, np.float32)
+    shell.threshold = float(artifact.threshold)
+    probs = shell.task_rules.fill_missing(None, np.zeros(1, bool), artifact.prior, np.float32)
     out = shell.output_frame(inp.index, probs, {m: [False] for m in modalities}, [""])
     return inp, out
 

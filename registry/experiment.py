@@ -1,10 +1,14 @@
-"""Train an experiment's variants with MLflow tracking: one parent run, a child per variant.
+"""Log trained variants to MLflow: one parent run per experiment, a child per run folder.
 
-Each child logs the resolved config, the cohort (by hash), per-epoch metrics in batches,
-test metrics with bootstrap CIs and subgroup (missing-modality pattern) metrics, plots, a
-per-case predictions table (pseudonyms only), attention maps, a model card, and the model
-itself as a pickle-free pyfunc. Note text never goes to MLflow (not even de-identified):
-attention over notes is logged as per-chunk weights only.
+Training writes a run folder per variant (``fusion.run_folder``), in-process or under
+torchrun; ``log_run_folder`` logs one to a child run the same way on both paths: the
+resolved config, the cohort (by hash), per-epoch metrics, test metrics with bootstrap CIs
+and subgroup (missing-modality pattern) metrics, plots, a per-case predictions table
+(pseudonyms only), attention maps, a model card, and the model itself as a pickle-free
+pyfunc rebuilt from the folder's artifact and weights. ``open_experiment`` /
+``close_experiment`` start and end the parent (variants table, challenger alias), so the
+train flow can run one task per variant. Note text never goes to MLflow (not even
+de-identified): attention over notes is logged as per-chunk weights only.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fusion.config import ModelConfig
 from fusion.data import Collator, PreparedCohort
-from fusion.experiment import Variant, VariantResult, plan_variants, split_cohort, train_variant
-from fusion.tasks import get_task
-from fusion.train import TrainConfig, autocast, resolve_device
+from fusion.device import autocast, resolve_device
+from fusion.experiment import plan_variants, split_cohort
+from fusion.run_folder import RunFolder, read_run_folder
+from fusion.train import TrainConfig
+from modalities.cohort import CohortConfig
 from registry import plots
 from registry.compare import WARNING_TAG, ci_pairs, reliability_warnings, warning_text
 from registry.model import log_model, promote
@@ -39,7 +44,7 @@ N_EXPLAIN = 3
 
 @dataclass
 class VariantRun:
-    """What the flow reports about one trained variant (no PHI)."""
+    """What the flow reports about one logged variant (no PHI)."""
 
     name: str
     run_id: str | None
@@ -81,28 +86,23 @@ def _binary_plots(tracker: Tracker, y: np.ndarray, p: np.ndarray, threshold: flo
     )
 
 
-# Plots a task adds to its runs, by task name (a lookup, not a branch per task).
+# Plots a task adds to its runs, by task name.
 _TASK_PLOTS: dict[str, Callable[[Tracker, np.ndarray, np.ndarray, float], None]] = {
     "binary": _binary_plots,
 }
 
 
-def _predictions_table(res: VariantResult, task: str) -> pd.DataFrame:
-    test = res.test
-    return get_task(task).prediction_table(test.patients, test.probs, test.labels,
-                                           res.threshold, test.present)
-
-
-def _model_card(res: VariantResult, cohort: PreparedCohort, rows: pd.DataFrame, chash: str) -> str:
-    m = res.test_metrics
+def _model_card(run: RunFolder, chash: str) -> str:
+    m, fit, variant = run.test_metrics, run.fit, run.variant
 
     def fmt(k: str) -> str:
         v = m.get(k, math.nan)
+        v = math.nan if v is None else v
         lo, hi = m.get(f"{k}_ci_low"), m.get(f"{k}_ci_high")
         ci = f" (95% CI {lo:.3f}–{hi:.3f})" if lo is not None and hi is not None else ""
         return f"{v:.3f}{ci}" if not math.isnan(v) else "n/a"
 
-    counts = rows["split"].value_counts().to_dict()
+    counts = fit["splits"]
     main = [
         k
         for k in (
@@ -120,23 +120,24 @@ def _model_card(res: VariantResult, cohort: PreparedCohort, rows: pd.DataFrame, 
     ]
     subgroup = sorted(k for k in m if k.startswith("present.") and k.endswith("/auroc"))
     lines = [
-        f"# Model card: {res.variant.name}",
+        f"# Model card: {variant.name}",
         "",
         "## Intended use",
         "Research and decision support on de-identified cohorts prepared by clinfuse. Not a "
         "medical device; predictions need clinical review.",
         "",
         "## Model",
-        f"- fusion strategy: `{res.variant.fusion}`; modalities: "
-        f"{', '.join(res.variant.modalities)}; task: {cohort.task}",
-        f"- parameters: {sum(p.numel() for p in res.model.parameters()):,}",
-        f"- decision threshold (chosen on validation): {res.threshold:.3f}",
-        f"- best epoch: {res.fit.best_epoch} of {len(res.fit.history)}",
+        f"- fusion strategy: `{variant.fusion}`; modalities: "
+        f"{', '.join(variant.modalities)}; task: {run.artifact.task}",
+        f"- parameters: {fit['n_parameters']:,}",
+        f"- decision threshold (chosen on validation): {fit['threshold']:.3f}",
+        f"- best epoch: {fit['best_epoch']} of {len(fit['history'])}",
         "",
         "## Data",
         f"- prepared cohort hash: `{chash}`",
         f"- patients per split: {counts}",
-        f"- training prevalence: {np.round(np.asarray(res.prior, dtype=float), 3).tolist()}",
+        f"- training prevalence: "
+        f"{np.round(np.asarray(run.artifact.prior, dtype=float), 3).tolist()}",
         "",
         "## Test metrics",
         *[f"- {k}: {fmt(k)}" for k in main],
@@ -158,19 +159,25 @@ def _model_card(res: VariantResult, cohort: PreparedCohort, rows: pd.DataFrame, 
 
 @torch.inference_mode()
 def _log_explanations(
-    tracker: Tracker, res: VariantResult, cohort: PreparedCohort, rows: pd.DataFrame
+    tracker: Tracker, run: RunFolder, model: torch.nn.Module, cohort: PreparedCohort
 ) -> None:
-    """Attention overlays for a few test patients (volumes) and per-chunk note weights."""
-    test = rows[rows["split"] == "test"]
-    mods = {m: cohort.mods[m] for m in res.variant.modalities}
-    ds = cohort.dataset(test, res.variant.modalities)
+    """Attention overlays for a few test patients (volumes) and per-chunk note weights.
+
+    The test patients are the run folder's predictions table, in its order.
+    """
+    variant = run.variant
+    usable = cohort.usable(list(cohort.mods)).set_index("patient", drop=False)
+    test = usable.loc[[p for p in run.predictions["patient"].astype(str) if p in usable.index]]
+    test = test.reset_index(drop=True)
+    mods = {m: cohort.mods[m] for m in variant.modalities}
+    ds = cohort.dataset(test, variant.modalities)
     picked = [(i, s) for i, s in ((i, ds[i]) for i in range(len(ds))) if any(m in s for m in mods)]
     picked = picked[:N_EXPLAIN]
     samples = [s for _, s in picked]
     if not samples:
         return
     device = resolve_device("auto")
-    model = res.model.to(device).eval()
+    model = model.to(device).eval()
     batch = Collator(mods, cohort.task)(samples).to(device)
     with autocast(device, True):
         out = model(batch.inputs, batch.present)
@@ -207,88 +214,65 @@ def _log_explanations(
     tracker.log_table(pd.DataFrame(rows_out), "explanations")
 
 
-def train_one(
-    cohort: PreparedCohort,
-    rows: pd.DataFrame,
-    variant: Variant,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
+def log_run_folder(
+    folder: Path,
+    prepared: Path,
     resolved_config: dict[str, Any],
-    parent: Tracker,
-    register: str | None,
-    on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
+    parent: Mapping[str, Any],
+    register: str | None = None,
+    tracking_uri: str | None = None,
+    workdir: Path = Path("."),
 ) -> VariantRun:
-    """Train one variant in a child run and log everything about it.
+    """Log one finished run folder as a child run of ``parent`` (``open_experiment``).
 
-    ``on_epoch(variant, epoch, metrics)`` also receives every epoch's metrics (progress).
+    The same for every variant, however it was trained: params, the cohort by hash,
+    per-epoch metrics (step = epoch), test metrics, plots, the predictions table, the model
+    card, explanations (the model rebuilt from the folder's artifact and weights) and the
+    model, registered as a version of ``register`` when given.
     """
-
-    def epoch_done(epoch: int, metrics: dict[str, float]) -> None:
-        tracker.log_metrics(metrics, step=epoch)
-        if on_epoch is not None:
-            on_epoch(variant.name, epoch, metrics)
-
-    chash = cohort_hash(cohort.root)
-    with parent.child(variant.name, tags={"clinfuse.variant": variant.name}) as tracker:
-        tracker.log_params(
-            {
-                "fusion": variant.fusion,
-                "modalities": ",".join(variant.modalities),
-                "unimodal": variant.unimodal,
-                "task": cohort.task,
-                "config": resolved_config,
-            }
-        )
-        tracker.log_dataset_input(chash, len(rows))
-        res = train_variant(
-            cohort,
-            rows,
-            variant,
-            model_cfg,
-            train_cfg,
-            on_epoch=epoch_done,
-        )
-        tracker.log_metrics(
-            {
-                _metric_key(k): v
-                for k, v in res.test_metrics.items()
-                if isinstance(v, int | float) and not math.isnan(v)
-            }
-        )
-        tracker.log_metrics({"best_epoch": res.fit.best_epoch, "train_seconds": res.fit.seconds})
-        history = (
-            {k: [h.get(k, math.nan) for h in res.fit.history] for k in res.fit.history[0]}
-            if res.fit.history
-            else {}
-        )
-        tracker.log_figure(
-            plots.training_curves_figure(history, res.fit.best_epoch), "plots/training_curves.png"
-        )
-        task_plots = _TASK_PLOTS.get(cohort.task)
-        if task_plots is not None and res.test.labels is not None:
-            task_plots(tracker, res.test.labels, res.test.probs, res.threshold)
-        tracker.log_table(_predictions_table(res, cohort.task), "predictions")
-        tracker.log_text(_model_card(res, cohort, rows, chash), "model_card.md")
-        _log_explanations(tracker, res, cohort, rows)
-        _flag_small_n(tracker, variant.name, res.test_metrics)
-        info = log_model(
-            tracker,
-            res.model.state_dict(),
-            res.predictor_config,
-            builder=BUILDER,
-            registered_name=register,
-            alias=None,
-        )
+    run = read_run_folder(folder)
+    variant, fit = run.variant, run.fit
+    chash = cohort_hash(prepared)
+    with Tracker(parent["experiment"], variant.name, parent=parent.get("run_id"),
+                 tracking_uri=tracking_uri, workdir=workdir,
+                 tags={"clinfuse.variant": variant.name}) as tracker:
+        tracker.log_params({
+            "fusion": variant.fusion, "modalities": ",".join(variant.modalities),
+            "unimodal": variant.unimodal, "task": run.artifact.task,
+            "world_size": fit["world_size"], "config": resolved_config,
+        })
+        tracker.log_dataset_input(chash, sum(fit["splits"].values()))
+        for row in run.epochs():
+            step = int(row.pop("epoch"))
+            tracker.log_metrics({k: v for k, v in row.items() if v is not None}, step=step)
+        tracker.log_metrics({_metric_key(k): v for k, v in run.test_metrics.items()
+                             if isinstance(v, int | float) and not math.isnan(v)})
+        tracker.log_metrics({"best_epoch": fit["best_epoch"], "train_seconds": fit["seconds"]})
+        history = fit["history"]
+        curves = ({k: [h.get(k, math.nan) for h in history] for k in history[0]}
+                  if history else {})
+        tracker.log_figure(plots.training_curves_figure(curves, fit["best_epoch"]),
+                           "plots/training_curves.png")
+        pred = run.predictions
+        task_plots = _TASK_PLOTS.get(run.artifact.task)  # a lookup, not a branch per task
+        if task_plots is not None and "label" in pred:
+            task_plots(tracker, pred["label"].to_numpy(dtype=float),
+                       pred["probability"].to_numpy(dtype=float), run.artifact.threshold)
+        tracker.log_table(pred, "predictions")
+        tracker.log_text(_model_card(run, chash), "model_card.md")
+        predictor = run.predictor()
+        _log_explanations(tracker, run, predictor.model,
+                          PreparedCohort(prepared, run.artifact.cohort))
+        _flag_small_n(tracker, variant.name, run.test_metrics)
+        info = log_model(tracker, predictor.model.state_dict(), run.artifact.to_config(),
+                         builder=BUILDER, registered_name=register, alias=None)
         version = getattr(info, "registered_model_version", None)
+        best = fit["best_value"]
         return VariantRun(
-            variant.name,
-            tracker.run_id,
-            variant.fusion,
-            list(variant.modalities),
-            {k: v for k, v in res.test_metrics.items() if "/" not in k and "." not in k},
-            res.fit.best_value,
-            str(version) if version is not None else None,
-            res.fit.seconds,
+            variant.name, tracker.run_id, variant.fusion, list(variant.modalities),
+            {k: v for k, v in run.test_metrics.items() if "/" not in k and "." not in k},
+            float(best) if best is not None else math.nan,
+            str(version) if version is not None else None, float(fit["seconds"]),
         )
 
 
@@ -314,122 +298,80 @@ def _variant_records(runs: list[VariantRun]) -> list[dict[str, Any]]:
             for r in runs]
 
 
-def run_experiment(
+def open_experiment(
     prepared: Path,
-    cohort_cfg: Any,
-    model_cfg: ModelConfig,
+    cohort_cfg: CohortConfig,
     train_cfg: TrainConfig,
     resolved_config: dict[str, Any],
-    fusions: list[str],
+    fusions: Sequence[str],
     baselines: bool,
     experiment: str,
-    register: str | None = None,
     tracking_uri: str | None = None,
     workdir: Path = Path("."),
-    on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
+    ddp: int = 0,
 ) -> dict[str, Any]:
-    """Train every variant on one shared split under one parent run; return a summary.
+    """Plan the variants and start the experiment's parent run.
 
-    With ``register``, every variant becomes a version of that registered model and the
-    best one by validation metric gets alias ``challenger``. ``on_epoch(variant, epoch,
-    metrics)`` sees every epoch's metrics as they are logged (the CLI's progress bars).
+    Returns the parent's handle (``Tracker.handle``), the planned variants (name, fusion,
+    modalities) and the split sizes. The split is the one every variant trains on
+    (``split_cohort`` is deterministic), so the parent's dataset input and ``split_sizes``
+    describe what the variants saw. Bad names or an empty split fail here, before any run.
     """
     cohort = PreparedCohort(prepared, cohort_cfg)
     rows = split_cohort(cohort, train_cfg)
-    variants = plan_variants(sorted(cohort.mods), fusions, baselines)
-    runs: list[VariantRun] = []
-    with Tracker(
-        experiment,
-        "experiment",
-        tracking_uri=tracking_uri,
-        workdir=workdir,
-        tags={"clinfuse.kind": "parent"},
-    ) as parent:
-        parent.log_params(
-            {"variants": ",".join(v.name for v in variants), "config": resolved_config}
-        )
-        parent.log_dataset_input(cohort_hash(prepared), len(rows))
-        for v in variants:
-            log.info("training %s", v.name)
-            runs.append(
-                train_one(cohort, rows, v, model_cfg, train_cfg, resolved_config, parent, register,
-                          on_epoch)
-            )
-        table = pd.DataFrame(_variant_records(runs))
-        parent.log_table(table, "variants")
-        challenger = _promote_challenger(runs, register, parent.tracking_uri)
-    status, parent_id = parent.status, parent.run_id  # after the run ended: finished/degraded
-    return {
-        "experiment": experiment,
-        "parent_run_id": parent_id,
-        "tracking": status,
-        "split_sizes": rows["split"].value_counts().to_dict(),
-        "variants": table.drop(columns=["run_id"]).to_dict(orient="records"),
-        "challenger_version": challenger,
-    }
+    variants = plan_variants(sorted(cohort.mods), list(fusions), baselines)
+    tags = {"clinfuse.kind": "parent"} | ({"clinfuse.ddp": "true"} if ddp else {})
+    parent = Tracker(experiment, "experiment", tracking_uri=tracking_uri, workdir=workdir,
+                     tags=tags).start()
+    parent.log_params({"variants": ",".join(v.name for v in variants),
+                       "config": resolved_config})
+    parent.log_dataset_input(cohort_hash(prepared), len(rows))
+    parent.flush()
+    return {"parent": parent.handle(),
+            "variants": [{"name": v.name, "fusion": v.fusion, "modalities": list(v.modalities)}
+                         for v in variants],
+            "split_sizes": {str(k): int(v) for k, v in rows["split"].value_counts().items()}}
 
 
-def log_external_variants(
-    run_dirs: list[Path],
-    prepared: Path,
-    resolved_config: dict[str, Any],
-    experiment: str,
+def close_experiment(
+    opened: Mapping[str, Any],
+    runs: Sequence[VariantRun | Mapping[str, Any]],
+    failed: Mapping[str, str],
     register: str | None = None,
     tracking_uri: str | None = None,
     workdir: Path = Path("."),
 ) -> dict[str, Any]:
-    """Log variants trained outside this process (``torchrun -m fusion.distributed``).
+    """Log the variants table, give ``challenger`` to the best registered variant, end the
+    parent run (FAILED when any variant failed) and return the summary (no PHI).
 
-    Each run folder holds what ``fusion.distributed`` writes on rank 0: weights, predictor
-    config, test metrics, per-epoch metrics and test predictions. Logged like
-    ``run_experiment`` does: one parent run, a child per variant, models registered.
+    ``failed`` maps a variant's name to a one-line reason; those variants are listed in the
+    summary's ``failed`` and left out of the table and the promotion.
     """
-    import json
-
-    from safetensors.torch import load_file
-
-    from fusion import distributed as ddp
-
-    runs: list[VariantRun] = []
-    chash = cohort_hash(prepared)
-    with Tracker(experiment, "experiment", tracking_uri=tracking_uri, workdir=workdir,
-                 tags={"clinfuse.kind": "parent", "clinfuse.ddp": "true"}) as parent:
-        parent.log_params({"config": resolved_config})
-        for d in map(Path, run_dirs):
-            fit = json.loads((d / ddp.FIT_FILE).read_text())
-            metrics = json.loads((d / ddp.TEST_METRICS_FILE).read_text())
-            config = json.loads((d / ddp.PREDICTOR_CONFIG_FILE).read_text())
-            with parent.child(fit["variant"], tags={"clinfuse.variant": fit["variant"]}) as t:
-                t.log_params({"fusion": fit["fusion"], "modalities": ",".join(fit["modalities"]),
-                              "unimodal": len(fit["modalities"]) == 1, "task": config["task"],
-                              "world_size": fit["world_size"], "config": resolved_config})
-                t.log_dataset_input(chash, sum(fit["splits"].values()))
-                for line in (d / ddp.EPOCHS_FILE).read_text().splitlines():
-                    row = json.loads(line)
-                    step = int(row.pop("epoch"))
-                    t.log_metrics({k: v for k, v in row.items() if v is not None}, step=step)
-                t.log_metrics({_metric_key(k): v for k, v in metrics.items()
-                               if isinstance(v, int | float)})
-                t.log_metrics({"best_epoch": fit["best_epoch"], "train_seconds": fit["seconds"]})
-                t.log_table(pd.read_parquet(d / ddp.TEST_PREDICTIONS_FILE), "predictions")
-                _flag_small_n(t, fit["variant"], metrics)
-                info = log_model(t, load_file(str(d / ddp.WEIGHTS_FILE)), config,
-                                 builder=BUILDER, registered_name=register, alias=None)
-                version = getattr(info, "registered_model_version", None)
-                runs.append(VariantRun(
-                    fit["variant"], t.run_id, fit["fusion"], list(fit["modalities"]),
-                    {k: v for k, v in metrics.items() if "/" not in k and "." not in k
-                     and v is not None},
-                    float(fit["best_value"]) if fit["best_value"] is not None else math.nan,
-                    str(version) if version is not None else None, float(fit["seconds"]),
-                ))
-        parent.log_table(pd.DataFrame(_variant_records(runs)), "variants")
-        challenger = _promote_challenger(runs, register, parent.tracking_uri)
+    done = [r if isinstance(r, VariantRun) else VariantRun(**r) for r in runs]
+    parent = Tracker.resume(opened["parent"], tracking_uri=tracking_uri, workdir=workdir)
+    try:
+        table = pd.DataFrame(_variant_records(done))
+        if failed:
+            parent.set_tags({"clinfuse.failed_variants": ",".join(sorted(failed))})
+        if done:
+            parent.log_table(table, "variants")
+        challenger = _promote_challenger(done, register, parent.tracking_uri)
+    except BaseException:
+        parent.finish("FAILED")
+        raise
+    parent.finish("FAILED" if failed else "FINISHED")
     return {
-        "experiment": experiment,
+        "experiment": opened["parent"]["experiment"],
         "parent_run_id": parent.run_id,
         "tracking": parent.status,
+        "split_sizes": dict(opened["split_sizes"]),
         "variants": [{k: v for k, v in rec.items() if k != "run_id"}
-                     for rec in _variant_records(runs)],
+                     for rec in _variant_records(done)],
+        "failed": dict(failed),
         "challenger_version": challenger,
     }
+
+
+def variant_run_dict(run: VariantRun) -> dict[str, Any]:
+    """A VariantRun as plain data (what a Prefect task returns)."""
+    return asdict(run)

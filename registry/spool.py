@@ -43,6 +43,15 @@ class Spool:
         (self.dir / "run.json").write_text(json.dumps(meta, indent=2))
         self._seq = 0
 
+    @classmethod
+    def reopen(cls, folder: Path) -> Spool:
+        """An existing spool folder, to append to (a run resumed in another task)."""
+        spool = cls.__new__(cls)
+        spool.dir = Path(folder)
+        files = spool.dir / "files"
+        spool._seq = len(list(files.iterdir())) if files.is_dir() else 0
+        return spool
+
     def event(self, kind: str, **data: Any) -> None:
         """Append one event line (flushed: a crash right after still leaves it on disk)."""
         line = json.dumps({"kind": kind, **data}, default=str)

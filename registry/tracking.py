@@ -197,6 +197,32 @@ class Tracker:
         if not self.degraded:
             self.status = "finished"
 
+    def handle(self) -> dict[str, Any]:
+        """IDs and paths another task needs to reattach to this started run (``resume``).
+
+        No tracking URI (it may hold credentials): the resumer passes its own.
+        """
+        return {"experiment": self.experiment, "run_name": self.run_name,
+                "run_id": self.run_id, "status": self.status,
+                "spool_dir": str(self.spool_dir) if self.spool_dir else None}
+
+    @classmethod
+    def resume(
+        cls, handle: Mapping[str, Any], tracking_uri: str | None = None,
+        workdir: Path | str = ".",
+    ) -> Tracker:
+        """Reattach to a run another task started (``handle()``); ``finish`` ends it.
+
+        A run that was spooled (server unreachable) keeps spooling into the same folder.
+        """
+        t = cls(handle["experiment"], handle.get("run_name"), tracking_uri=tracking_uri,
+                workdir=workdir)
+        t.run_id, t.status = handle.get("run_id"), str(handle.get("status") or "active")
+        if handle.get("spool_dir"):
+            t._spool = Spool.reopen(Path(handle["spool_dir"]))
+            t.spool_dir = t._spool.dir
+        return t
+
     def child(self, run_name: str, **kwargs: Any) -> Tracker:
         """A nested run under this one, same URI and work dir (not started yet)."""
         kwargs.setdefault("tracking_uri", self.tracking_uri)

@@ -344,25 +344,33 @@ def train(
         prepared, cfg, fusion if fusion is not None else [cfg.model.fusion.name], baselines
     )
     _start_flows()
-    from workflows.train import train_flow
+    from workflows.train import VariantsFailed, train_flow
 
+    failed: VariantsFailed | None = None
     with _stdout_for(as_json), _progress(progress, as_json):
-        summary = train_flow(
-            str(prepared),
-            config,
-            overrides,
-            fusion,
-            baselines,
-            experiment,
-            register,
-            None,
-            str(workdir),
-            ddp,
-        )
+        try:
+            summary = train_flow(
+                str(prepared),
+                config,
+                overrides,
+                fusion,
+                baselines,
+                experiment,
+                register,
+                None,
+                str(workdir),
+                ddp,
+            )
+        except VariantsFailed as err:  # the others were trained, logged and compared
+            failed, summary = err, err.summary
     if as_json:
         _emit(summary, True, "train")
-        return
-    _variants_table(summary["variants"], "test metrics (95% CI)")
+    else:
+        _variants_table(summary["variants"], "test metrics (95% CI)")
+    if failed is not None:
+        for name, reason in sorted(summary["failed"].items()):
+            sys.stderr.write(f"error: variant {name} failed: {reason}\n")
+        raise typer.Exit(1)
 
 
 def _variants_table(rows: list[dict[str, Any]], title: str) -> None:

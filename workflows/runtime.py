@@ -37,7 +37,8 @@ def configure_runtime() -> None:
 
 
 class _OneLineUserErrors(logging.Filter):
-    """On Prefect's run loggers: a ``ClinfuseError`` is logged as one line, no traceback.
+    """On Prefect's run loggers: a ``ClinfuseError`` (or an exception marked ``one_line``,
+    such as the train flow's ``VariantsFailed``) is logged as one line, no traceback.
 
     A user error (bad config, unknown name, empty split) is not a bug; its message says what
     to do, and the traceback only buries it. The message is remembered so the console
@@ -51,7 +52,7 @@ class _OneLineUserErrors(logging.Filter):
         if exc is not None:
             from modalities.errors import ClinfuseError
 
-            if isinstance(exc, ClinfuseError):
+            if isinstance(exc, ClinfuseError) or getattr(exc, "one_line", False):
                 record.exc_info, record.exc_text, record.stack_info = None, None, None
                 self.seen.add(str(exc))
         return True

@@ -21,6 +21,7 @@ import pandas as pd
 import psycopg2
 import pytest
 
+from fusion.artifact import ModelArtifact
 from fusion.predictor import build_predictor
 from fusion.tasks import cohort_task
 from modalities.ingest import ingest_manifest
@@ -55,15 +56,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     prepared = root / "prepared"
     ingest_manifest(root / "synth" / "manifest.csv", cfg.cohort, root / "synth", prepared,
                     labels=cohort_task(cfg.cohort))
-    config = {
-        "cohort": cfg.cohort.model_dump(mode="json"),
-        "model": cfg.model.model_dump(mode="json"),
-        "modalities": ["ct", "mri", "note"],
-        "threshold": 0.5,
-        "prior": 0.5,
-        "label_names": None,
-        "task": cfg.cohort.task,
-    }
+    config = ModelArtifact.build(cfg.cohort, cfg.model, ["ct", "mri", "note"]).to_config()
     work = root / "work"
     with Tracker("integrity", "tiny", workdir=work) as tr:
         info = log_model(

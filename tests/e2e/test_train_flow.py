@@ -17,9 +17,29 @@ import pandas as pd
 import pytest
 
 from modalities.pseudonym import Pseudonymizer
-from tests.e2e.conftest import MODEL, clinfuse
+from tests.e2e.conftest import EXPERIMENT, MODEL, clinfuse
 
 pytestmark = pytest.mark.slow
+
+# What each variant of the `trained` fixture was planned as: (fusion, modalities).
+PLANNED = {
+    "concat": ("concat", "ct,mri,note"),
+    "cross_attention": ("cross_attention", "ct,mri,note"),
+    "unimodal_ct": ("concat", "ct"),
+    "unimodal_mri": ("concat", "mri"),
+    "unimodal_note": ("concat", "note"),
+}
+LOGGED = {"model_card.md", "plots/training_curves.png", "plots/roc.png", "plots/pr.png",
+          "plots/calibration.png", "plots/confusion.png", "tables/predictions.csv",
+          "tables/explanations.csv"}
+
+
+def _artifacts(client, run_id: str) -> set[str]:
+    """A run's artifact paths, one folder level deep (``plots/roc.png``)."""
+    out: set[str] = set()
+    for a in client.list_artifacts(run_id):
+        out |= {b.path for b in client.list_artifacts(run_id, a.path)} if a.is_dir else {a.path}
+    return out
 
 
 def test_every_variant_tracked_and_registered(trained: dict) -> None:
@@ -46,12 +66,32 @@ def test_compare_promotes_the_best_run(trained: dict, mlflow_server: str) -> Non
     assert str(champion.version) == str(c["champion"])
     run = client.get_run(champion.run_id)
     assert run.data.metrics["test_auroc"] == pytest.approx(ranking[0])
-    assert run.data.params["fusion"] in {"concat", "cross_attention"} or \
-        run.data.params["modalities"] in {"ct", "mri", "note"}
+    params = run.data.params
+    assert (params["fusion"], params["modalities"]) == PLANNED[run.info.run_name]
     arts = {a.path for a in client.list_artifacts(champion.run_id, "plots")}
     assert {"plots/roc.png", "plots/calibration.png", "plots/training_curves.png"} <= arts
     card = client.download_artifacts(champion.run_id, "model_card.md", str(trained["work"]))
     assert "95% CI" in Path(card).read_text()
+
+
+def test_each_run_logs_the_variant_it_was_planned_as(trained: dict, mlflow_server: str) -> None:
+    """Every child run's fusion and modalities are those of its variant, unimodal flag and
+    world size included, and each logged the same set of artifacts (one logging path)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    parent = trained["summary"]["parent_run_id"]
+    children = client.search_runs([exp.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_name for r in children) == sorted(PLANNED)
+    for r in children:
+        p = r.data.params
+        assert (p["fusion"], p["modalities"]) == PLANNED[r.info.run_name], r.info.run_name
+        assert p["unimodal"] == str("," not in p["modalities"]).lower()
+        assert p["world_size"] == "1"
+        assert r.data.tags["clinfuse.variant"] == r.info.run_name
+        assert _artifacts(client, r.info.run_id) >= LOGGED, r.info.run_name
 
 
 def test_champion_scores_raw_inputs_in_a_fresh_process(
@@ -138,10 +178,53 @@ def test_ddp_training_is_tracked_like_any_other(prepared_cohort: Path, mlflow_se
         "--set", "train.n_boot=20", "--set", "cohort.modalities.note.encoder.model=tiny-random",
         "--workdir", str(tmp_path), "--json", tracking_uri=mlflow_server, cwd=tmp_path,
     ).stdout)
-    fit = json.loads((tmp_path / "ddp-runs" / "concat" / "fit.json").read_text())
+    fit = json.loads((Path(summary["run_folders"]) / "concat" / "fit.json").read_text())
     assert fit["world_size"] == 2
     client = MlflowClient(mlflow_server)
     version = client.get_model_version_by_alias("e2e-ddp-model", "challenger")
     assert str(version.version) == str(summary["challenger_version"])
     run = client.get_run(version.run_id)
     assert run.data.params["world_size"] == "2" and "test_auroc" in run.data.metrics
+    assert (run.data.params["fusion"], run.data.params["modalities"]) == PLANNED["concat"]
+    # logged by the same function as an in-process run: plots, card, explanations too
+    assert _artifacts(client, version.run_id) >= LOGGED
+    assert client.get_run(summary["parent_run_id"]).data.tags["clinfuse.ddp"] == "true"
+
+
+def test_a_failed_variant_does_not_stop_the_others(
+    prepared_cohort: Path, mlflow_server: str, tmp_path: Path
+) -> None:
+    """cross_attention with 3 heads over d_model 64 fails when its model is built; concat
+    and the baselines still train, are logged and compared, and the CLI exits 1."""
+    import os
+
+    from mlflow import MlflowClient
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    proc = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "train", str(prepared_cohort), "--config",
+         "tiny", "--fusion", "cross_attention", "--fusion", "concat", "--baselines",
+         "--modalities", "ct,note", "--set", "model.fusion.heads=3",
+         "--set", "train.max_epochs=1", "--set", "train.n_boot=20",
+         "--set", "cohort.modalities.note.encoder.model=tiny-random",
+         "--experiment", "e2e-fail", "--register", "e2e-fail-model", "--workdir",
+         str(tmp_path), "--json"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1500, check=False)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout)
+    assert set(summary["failed"]) == {"cross_attention"}
+    assert "divisible" in summary["failed"]["cross_attention"]
+    assert "error: variant cross_attention failed" in proc.stderr
+    assert {v["variant"] for v in summary["variants"]} == {"concat", "unimodal_ct",
+                                                           "unimodal_note"}
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["clinfuse.failed_variants"] == "cross_attention"
+    version = client.get_model_version_by_alias("e2e-fail-model", "challenger")
+    assert str(version.version) == str(summary["challenger_version"])
+    exp = client.get_experiment_by_name("e2e-fail")
+    children = client.search_runs([exp.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {r.info.run_name: r.info.status for r in children} == {
+        "concat": "FINISHED", "unimodal_ct": "FINISHED", "unimodal_note": "FINISHED"}

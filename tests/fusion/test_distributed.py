@@ -28,22 +28,24 @@ from torch.utils.data import DataLoader
 from fusion import FusionConfig, HeadConfig, ModelConfig, build_model
 from fusion.data import Batch
 from fusion.distributed import (
-    FIT_FILE,
-    PREDICTOR_CONFIG_FILE,
-    RANKS_DIR,
-    TEST_METRICS_FILE,
-    TEST_PREDICTIONS_FILE,
-    WEIGHTS_FILE,
     DistEnv,
     ShardSampler,
     all_gather_object,
     broadcast_object,
     distributed,
     is_main,
-    read_resolved_config,
     wrap_ddp,
 )
-from fusion.tasks import evaluate
+from fusion.run_folder import (
+    ARTIFACT_FILE,
+    FIT_FILE,
+    RANKS_DIR,
+    TEST_METRICS_FILE,
+    TEST_PREDICTIONS_FILE,
+    WEIGHTS_FILE,
+    read_run_folder,
+)
+from fusion.tasks import cohort_task, evaluate
 from fusion.train import Predictions, TrainConfig, fit, make_loader, seed_everything
 from modalities.errors import ConfigError
 from tests.model_recipes import load_recipe
@@ -246,33 +248,12 @@ def test_absent_modality_needs_find_unused_parameters(one_rank_group: None) -> N
 
 # --------------------------------------------------------------------------- config
 def tiny_config(tmp_path: Path, overrides: list[str]) -> Path:
-    """A resolved config file, written the way `clinfuse train --ddp` is expected to."""
+    """A resolved config file, written the way `clinfuse train` writes one for its tasks."""
     path = tmp_path / "resolved.yaml"
     path.write_text(yaml.safe_dump(load_recipe("tiny", overrides).model_dump(mode="json")))
     return path
 
 
-def test_read_resolved_config_round_trips_a_resolved_recipe(tmp_path: Path) -> None:
-    path = tiny_config(tmp_path, ["train.batch_size=3"])
-    cohort, model, train = read_resolved_config(path)
-    want = load_recipe("tiny", ["train.batch_size=3"])
-    assert (cohort, model, train) == (want.cohort, want.model, want.train)
-    assert train.batch_size == 3
-
-
-@pytest.mark.parametrize("text, match", [
-    ("base: tiny\ncohort: {}\n", "names a base recipe"),
-    ("model: {d_model: 8}\n", "no 'cohort' section"),
-    ("- 1\n", "mapping"),
-    ("cohort: {modalities: {note: {}}}\ntrain: {batch_size: 0}\n", "train.batch_size"),
-])
-def test_read_resolved_config_rejects_unresolved_or_invalid(
-    tmp_path: Path, text: str, match: str
-) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=match):
-        read_resolved_config(path)
 
 
 # --------------------------------------------------------------------------- torchrun
@@ -289,7 +270,6 @@ OVERRIDES = [
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """24 synthetic patients ingested with the tiny recipe, plus the resolved config."""
-    from fusion.tasks import cohort_task
     from modalities.ingest import ingest_manifest
     from synth import synth_cohort
 
@@ -306,7 +286,7 @@ def torchrun(nproc: int, prepared: dict[str, Path], out: Path) -> subprocess.Com
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node", str(nproc), "-m", "fusion.distributed",
+           "--nproc_per_node", str(nproc), "-m", "workflows.train_worker",
            "--prepared", str(prepared["prepared"]), "--config", str(prepared["config"]),
            "--fusion", "concat", "--out", str(out)]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -322,12 +302,10 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 def test_torchrun_two_ranks_trains_on_disjoint_shards(
     prepared: dict[str, Path], tmp_path: Path
 ) -> None:
-    from fusion.predictor import Predictor
-
     out = tmp_path / "out"
     proc = torchrun(2, prepared, out)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for name in (WEIGHTS_FILE, PREDICTOR_CONFIG_FILE, TEST_METRICS_FILE, FIT_FILE,
+    for name in (WEIGHTS_FILE, ARTIFACT_FILE, TEST_METRICS_FILE, FIT_FILE,
                  TEST_PREDICTIONS_FILE):
         assert (out / name).is_file(), name
     summary = json.loads((out / FIT_FILE).read_text())
@@ -336,11 +314,15 @@ def test_torchrun_two_ranks_trains_on_disjoint_shards(
     metrics = json.loads((out / TEST_METRICS_FILE).read_text())
     assert 0.0 <= metrics["auroc"] <= 1.0
 
-    # the weights load strictly into a model rebuilt from the saved config alone
-    predictor = Predictor(json.loads((out / PREDICTOR_CONFIG_FILE).read_text()), device="cpu")
+    # the weights load strictly into a model rebuilt from the saved artifact alone; the only
+    # tensors left out of the file are those of frozen packaged encoders
+    run = read_run_folder(out)
+    predictor = run.predictor()
     weights = load_weights(out / WEIGHTS_FILE)
-    predictor.model.load_state_dict(weights, strict=True)
-    assert set(weights) == set(predictor.model.state_dict())
+    left_out = set(predictor.model.state_dict()) - set(weights)
+    assert all(k.startswith(tuple(run.fit["frozen_prefixes"])) for k in left_out)
+    for k, v in weights.items():
+        torch.testing.assert_close(predictor.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
 
     ranks = [json.loads((out / RANKS_DIR / f"rank{r}.json").read_text()) for r in (0, 1)]
     n_train = summary["splits"]["train"]
@@ -359,18 +341,17 @@ def test_torchrun_one_rank_equals_plain_training(
 ) -> None:
     from fusion.data import PreparedCohort
     from fusion.experiment import Variant, split_cohort, train_variant
-
     out = tmp_path / "out"
     proc = torchrun(1, prepared, out)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    ddp_weights = load_weights(out / WEIGHTS_FILE)
+    ddp_weights = read_run_folder(out).predictor().model.state_dict()
     ddp_metrics = json.loads((out / TEST_METRICS_FILE).read_text())
 
-    cohort_cfg, model_cfg, train_cfg = read_resolved_config(prepared["config"])
-    cohort = PreparedCohort(prepared["prepared"], cohort_cfg)
-    rows = split_cohort(cohort, train_cfg)
+    cfg = load_recipe("tiny", OVERRIDES)  # what the resolved file holds
+    cohort = PreparedCohort(prepared["prepared"], cfg.cohort)
+    rows = split_cohort(cohort, cfg.train)
     variant = Variant("concat", "concat", tuple(sorted(cohort.mods)))
-    plain = train_variant(cohort, rows, variant, model_cfg, train_cfg)
+    plain = train_variant(cohort, rows, variant, cfg.model, cfg.train)
     state = plain.model.state_dict()
     assert set(state) == set(ddp_weights)
     for k, v in state.items():
@@ -380,13 +361,20 @@ def test_torchrun_one_rank_equals_plain_training(
     np.testing.assert_allclose(preds["probability"].to_numpy(), plain.test.probs, atol=1e-5)
 
 
-def test_entry_point_reports_config_errors_without_traceback(tmp_path: Path) -> None:
-    bad = tmp_path / "unresolved.yaml"
-    bad.write_text("base: tiny\n")
+@pytest.mark.parametrize("text, match", [
+    ("cohort: {modalities: {note: {}}}\ntrain: {batch_size: 0}\n", "train.batch_size"),
+    ("- 1\n", "mapping"),
+])
+def test_entry_point_reports_config_errors_without_traceback(
+    tmp_path: Path, text: str, match: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "fusion.distributed", "--prepared", str(tmp_path),
+        [sys.executable, "-m", "workflows.train_worker", "--prepared", str(tmp_path),
          "--config", str(bad), "--fusion", "concat", "--out", str(tmp_path / "o")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert "names a base recipe" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert match in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()

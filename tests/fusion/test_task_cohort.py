@@ -68,8 +68,8 @@ def test_contrastive_recipe_trains_through_train_variant(tmp_path: Path) -> None
     assert m["recall@1"] > 5 / n_test  # five times chance (1 / n_test)
     assert m["median_rank"] < n_test / 4  # chance: about n_test / 2
     assert "val_recall@1" in res.fit.history[0]
-    assert res.predictor_config["task"] == "contrastive"
-    assert res.predictor_config["prior"] is None and res.predictor_config["reference"] is None
+    assert res.artifact.task == "contrastive"
+    assert res.artifact.reference is None
 
 
 @pytest.mark.slow
@@ -85,8 +85,8 @@ def test_binary_recipe_keeps_its_metric_keys_and_columns(tmp_path: Path) -> None
     keys = set(res.test_metrics)
     assert {"auroc", "auroc_ci_low", "threshold", "n", "prevalence", "ece"} <= keys
     assert any(k.startswith("present.labs-vitals/") for k in keys)
-    assert isinstance(res.predictor_config["prior"], float)
-    assert res.predictor_config["label_names"] == ["label"]
+    assert isinstance(res.artifact.prior, float)
+    assert res.artifact.label_names == ["label"]
     table = cohort.task_rules.prediction_table(res.test.patients, res.test.probs,
                                                res.test.labels, res.threshold, res.test.present)
     assert list(table.columns) == ["patient", "label", "probability", "prediction", "threshold",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fusion.artifact import ModelArtifact
 from fusion.predictor import EXAMPLE_NOTE, build_predictor
 from registry.model import CONFIG_FILE, log_model
 from registry.tracking import Tracker
@@ -26,15 +27,8 @@ MAX_VERSION_BYTES = 5 * 1024 * 1024
 def _tiny_config() -> dict:
     """A predictor config as training writes it (fusion.experiment), tiny recipe, binary."""
     cfg = load_recipe("tiny")
-    return {
-        "cohort": cfg.cohort.model_dump(mode="json"),
-        "model": cfg.model.model_dump(mode="json"),
-        "modalities": ["ct", "mri", "note"],
-        "threshold": 0.4,
-        "prior": 0.3,
-        "label_names": None,
-        "task": cfg.cohort.task,
-    }
+    return ModelArtifact.build(cfg.cohort, cfg.model, ["ct", "mri", "note"], threshold=0.4,
+                               prior=0.3).to_config()
 
 
 @pytest.fixture(scope="module")

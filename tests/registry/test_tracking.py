@@ -203,6 +203,35 @@ def test_server_down_from_the_start_spools_and_replays_into_new_run(workdir: Pat
     assert client.get_experiment(run.info.experiment_id).name == "offline"
 
 
+def test_a_run_resumed_from_its_handle_is_the_same_run(workdir: Path) -> None:
+    """The train flow starts the parent in one task and ends it in another."""
+    opened = Tracker("embedded", "parent", workdir=workdir).start()
+    opened.log_params({"variants": "a,b"})
+    handle = json.loads(json.dumps(opened.handle()))  # plain data: what a task passes on
+    assert "tracking_uri" not in handle
+    later = Tracker.resume(handle, workdir=workdir)
+    later.log_metrics({"n": 2.0})
+    later.finish("FAILED")
+    run = _client(later.tracking_uri).get_run(opened.run_id)
+    assert later.run_id == opened.run_id and run.info.status == "FAILED"
+    assert run.data.params["variants"] == "a,b" and run.data.metrics["n"] == 2.0
+
+
+def test_a_spooled_run_resumed_keeps_spooling_into_its_folder(workdir: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    opened = Tracker("offline", "parent", tracking_uri=dead, workdir=workdir).start()
+    opened.log_text("first", "a.txt")
+    later = Tracker.resume(opened.handle(), tracking_uri=dead, workdir=workdir)
+    assert later.status == "degraded" and later.spool_dir == opened.spool_dir
+    later.log_text("second", "b.txt")
+    later.finish()
+    target = sqlite_uri(workdir / "later.db")
+    (run_id,) = replay_spool(opened.spool_dir, target)
+    client = _client(target)
+    assert {a.path for a in client.list_artifacts(run_id)} == {"a.txt", "b.txt"}
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
 def test_importing_registry_does_not_import_mlflow() -> None:
     """`clinfuse --help` imports registry modules; mlflow (seconds to import) must stay out."""
     import subprocess

@@ -46,17 +46,12 @@ def recipe(name: str = "tiny") -> tuple[CohortConfig, ModelConfig]:
 
 
 def predictor_config(modalities: list[str] = MODS) -> dict[str, Any]:
-    """A predictor config built the way ``train_variant`` builds one."""
+    """A predictor config built the way ``train_variant`` builds one (``ModelArtifact``)."""
+    from fusion.artifact import ModelArtifact
+
     cohort, model = recipe("tiny")
-    return {
-        "cohort": cohort.model_dump(mode="json"),
-        "model": model.model_dump(mode="json"),
-        "modalities": modalities,
-        "threshold": 0.5,
-        "prior": 0.3,
-        "label_names": ["label"],
-        "task": "binary",
-    }
+    return ModelArtifact.build(cohort, model, modalities, prior=0.3,
+                               label_names=["label"]).to_config()
 
 
 def db_rows(url: str, model_name: str) -> pd.DataFrame:

@@ -137,3 +137,15 @@ def test_serve_deployments_carry_timezone_and_concurrency_limit() -> None:
 def test_unknown_timezone_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown time zone 'Mars/Olympus'"):
         load_config("tiny", ["serve.timezone=Mars/Olympus"])
+
+
+def test_a_resolved_config_loads_back_unchanged(tmp_path: Path) -> None:
+    """The train flow writes the resolved config once; every variant's task and the torchrun
+    worker read it back through the same loader."""
+    import yaml
+
+    path = tmp_path / "resolved.yaml"
+    path.write_text(yaml.safe_dump(load_config("tiny", ["train.batch_size=3"])
+                                   .model_dump(mode="json")))
+    got, want = load_config(str(path)), load_config("tiny", ["train.batch_size=3"])
+    assert got == want and got.train.batch_size == 3
