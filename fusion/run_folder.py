@@ -39,7 +39,7 @@ from fusion.artifact import ModelArtifact
 from fusion.config import ModelConfig
 from fusion.data import PreparedCohort
 from fusion.experiment import Variant, VariantResult, plan_variants, split_cohort, train_variant
-from fusion.train import Predictions, TrainConfig
+from fusion.train import Predictions, TrainConfig, monitored
 from modalities.cohort import CohortConfig
 from modalities.errors import ConfigError
 
@@ -132,7 +132,8 @@ def write_run_folder(
         "backend": torch.distributed.get_backend() if dist_.distributed() else None,
         "per_process_batch_size": train_cfg.batch_size,
         "best_epoch": fit_res.best_epoch, "best_value": fit_res.best_value,
-        "monitor": train_cfg.monitor, "stopped_early": fit_res.stopped_early,
+        "monitor": monitored(train_cfg, result.artifact.task),
+        "stopped_early": fit_res.stopped_early,
         "seconds": fit_res.seconds, "epochs": len(fit_res.history),
         "history": fit_res.history, "threshold": result.threshold,
         "splits": dict(splits),

@@ -70,10 +70,11 @@ def train_variant_task(
     """Train one variant in this process into run folder ``out``
     (``fusion.run_folder.train_to_folder``); returns ``out``."""
     from fusion.run_folder import train_to_folder
+    from fusion.train import monitored
     from workflows.progress import epoch_callback
 
     cfg = load_config(resolved_yaml)
-    progress = epoch_callback(cfg.train.max_epochs, cfg.train.monitor)
+    progress = epoch_callback(cfg.train.max_epochs, monitored(cfg.train, cfg.cohort.task))
     train_to_folder(Path(prepared), cfg.cohort, cfg.model, cfg.train, fusion, modalities,
                     Path(out), on_epoch=lambda e, m: progress(name, e, m))
     return out
