@@ -165,7 +165,7 @@ def _results_table(console: Console, variants: list[dict[str, Any]]) -> None:
         table.add_column(col, justify="right" if col != "model" else "left")
     for v in sorted(variants, key=lambda r: r.get("auroc") or 0.0, reverse=True):
         table.add_row(v["variant"], str(v["modalities"]), f"{v['auroc']:.3f}",
-                      f"{v['auroc_ci_low']:.3f}-{v['auroc_ci_high']:.3f}", str(v["n_test"]))
+                      f"{v['auroc_ci_low']:.3f}-{v['auroc_ci_high']:.3f}", str(int(v["n_test"])))
     console.print(table)
 
 

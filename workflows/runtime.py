@@ -68,6 +68,18 @@ class _NotTwiceOnConsole(logging.Filter):
         return not any(msg and msg in text for msg in _OneLineUserErrors.seen)
 
 
+class _NoThreadTimeoutNotice(logging.Filter):
+    """Drop Prefect's per-task notice that a timeout cannot interrupt a worker thread.
+
+    Ingest sets ``timeout_seconds`` on every chunk task and accounts for an input that runs
+    over itself (reason code TIMEOUT, docs/reason-codes.md); Prefect repeats the same notice
+    for each of hundreds of chunks, burying the run's own output.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeouts in worker threads cannot interrupt" not in record.getMessage()
+
+
 def quiet_user_errors(console: bool = True) -> None:
     """Install the filters above (idempotent); call after Prefect configured its logging.
 
@@ -78,6 +90,8 @@ def quiet_user_errors(console: bool = True) -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _OneLineUserErrors) for f in logger.filters):
             logger.addFilter(_OneLineUserErrors())
+        if not any(isinstance(f, _NoThreadTimeoutNotice) for f in logger.filters):
+            logger.addFilter(_NoThreadTimeoutNotice())
     if not console:
         return
     for handler in logging.getLogger().handlers:
