@@ -1,17 +1,3 @@
-"""Fusion tests use tiny models: one intra-op thread is faster than two for them, and far
-faster when the cores are shared (two OpenMP threads spin-wait against other processes)."""
+"""Fusion tests use tiny models: one intra-op torch thread (tests/torch_threads.py)."""
 
-from __future__ import annotations
-
-from collections.abc import Iterator
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.torch_threads import one_thread  # noqa: F401 (autouse fixture)

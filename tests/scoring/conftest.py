@@ -18,15 +18,7 @@ from modalities.ingest import ingest_manifest
 from modalities.pseudonym import Pseudonymizer
 from synth import synth_cohort
 from tests.scoring.helpers import PG, predictor_config, recipe
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is faster than two on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.torch_threads import one_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="session")
