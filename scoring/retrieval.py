@@ -168,19 +168,20 @@ def neighbours_table(emb: Embeddings, k: int, model_name: str, model_version: st
             if a == b:
                 continue
             qm, gm = emb.present(a), emb.present(b)
-            q_ids, g_ids = ids[qm], ids[gm]
-            idx, sims = top_k(emb.values[qm, a], emb.values[gm, b], list(g_ids), k)
+            q_rows, g_rows = np.nonzero(qm)[0], np.nonzero(gm)[0]
+            idx, sims = top_k(emb.values[q_rows, a], emb.values[g_rows, b],
+                              list(ids[g_rows]), k)
             n_q, kk = idx.shape
-            cols["query_patient"] += np.repeat(q_ids, kk).tolist()
+            found = g_rows[idx]  # (n_q, kk) row numbers of the neighbours
+            cols["query_patient"] += np.repeat(ids[q_rows], kk).tolist()
             cols["query_tower"] += [qa] * (n_q * kk)
             cols["gallery_tower"] += [gb] * (n_q * kk)
             cols["rank"] += np.tile(np.arange(1, kk + 1), n_q).tolist()
-            found = g_ids[idx] if kk else np.zeros((n_q, 0), object)
-            cols["neighbour_patient"] += found.reshape(-1).tolist()
+            cols["neighbour_patient"] += ids[found.reshape(-1)].tolist()
             cols["similarity"] += sims.reshape(-1).tolist()
-            has_partner = np.isin(q_ids, g_ids)
+            has_partner = gm[q_rows]  # the query patient is in the gallery too
             if has_partner.any():
-                hit = (found == q_ids[:, None]).any(1)
+                hit = (found == q_rows[:, None]).any(1)
                 recall[f"{qa}_to_{gb}"] = float(hit[has_partner].mean())
     n = len(cols["rank"])
     table = pa.table({
