@@ -2,8 +2,11 @@
 
 This is what an MLflow pyfunc model wraps (``build_predictor`` is the registered builder):
 ``predict_dataframe`` takes a DataFrame of raw inputs (volume paths, note text or note
-paths), runs exactly the preprocessing ingest runs (same modality specs), and returns
-probabilities. Inputs that fail validation are scored as absent and reported by reason code.
+paths), runs exactly the preprocessing ingest runs (same modality specs), and returns the
+task's output columns: probabilities and a decision (classification), or one
+``embedding_<tower>`` column per tower (an embedding task such as contrastive retrieval; a
+list of floats, None where the row lacks that tower). Inputs that fail validation are
+scored as absent and reported by reason code.
 
 The builder carries two hooks ``registry.model_format`` reads: ``frozen_references``
 (frozen pretrained text encoders are stored by reference to their package, not copied
@@ -22,13 +25,15 @@ import pandas as pd
 import torch
 
 from fusion.artifact import ModelArtifact
+from fusion.config import ModelConfig
 from fusion.data import collate_samples
 from fusion.device import autocast, resolve_device
+from fusion.heads import create_head
 from fusion.model import FusionModel, build_model
 from fusion.tasks import Task, cohort_task
 from modalities.base import Modality
 from modalities.cohort import CohortConfig
-from modalities.errors import InputRejected
+from modalities.errors import ConfigError, InputRejected
 
 
 class Predictor:
@@ -52,17 +57,26 @@ class Predictor:
         self.task = self.cohort.task
         self.task_rules: Task = cohort_task(self.cohort)
         self.threshold = float(self.artifact.threshold)
-        self.prior = self.artifact.prior
+        # What a row without any of the model's modalities gets: the training prior, or for
+        # an embedding task NaN embeddings (towers x dim) from the head.
+        self.towers, self.prior = output_layout(self.artifact, self.task_rules,
+                                                self.model.head)
 
     def to_device(self) -> Predictor:
         self.model.to(self.device).eval()
         return self
 
+    @property
+    def output_names(self) -> list[str] | None:
+        """Names of the outputs: the label names (classification) or the towers (embeddings)."""
+        return self.config.get("label_names") or self.towers
+
     @torch.inference_mode()
     def predict_samples(self, samples: list[dict[str, Any]]) -> np.ndarray:
-        """Probabilities for prepared samples (``{"patient", "label", <modality>: value}``).
+        """The task's outputs (``Task.outputs``: probabilities, or embeddings) for prepared
+        samples (``{"patient", "label", <modality>: value}``).
 
-        Rows with none of the model's modalities get the training prior.
+        Rows with none of the model's modalities get the training prior (embeddings: NaN).
         """
         mask = np.array([any(m in s for m in self.modalities) for s in samples], dtype=bool)
         outputs = None
@@ -73,6 +87,9 @@ class Predictor:
             with autocast(self.device, True):
                 result = self.model(batch.inputs, batch.present)
             outputs = self.task_rules.outputs(result).float().cpu().numpy()
+            if self.towers is not None:  # embeddings: none for a tower the row lacks
+                for k, t in enumerate(self.towers):
+                    outputs[~batch.present[t].cpu().numpy(), k] = np.nan
         return self.task_rules.fill_missing(outputs, mask, self.prior, np.float32)
 
     def _load_row(self, row: pd.Series, i: int) -> tuple[dict[str, Any], dict[str, str]]:
@@ -101,7 +118,7 @@ class Predictor:
                 ]
             )
             if loaded
-            else np.zeros((0,))
+            else self.task_rules.fill_missing(None, np.zeros(0, bool), self.prior, np.float32)
         )
         return self.output_frame(
             df.index,
@@ -119,18 +136,44 @@ class Predictor:
     ) -> pd.DataFrame:
         """The output columns of ``predict_dataframe`` (also the MLflow signature's): the
         task's probability and decision columns, then presence and rejection reasons."""
-        out = self.task_rules.output_frame(
-            index, probs, self.config.get("label_names") or self._towers(), self.threshold
-        )
+        out = self.task_rules.output_frame(index, probs, self.output_names, self.threshold)
         for m in self.modalities:
             out[f"present_{m}"] = present[m]
         out["rejected"] = rejected
         return out
 
 
-    def _towers(self) -> list[str] | None:
-        """Contrastive output names: the model's modalities (classification: None)."""
-        return None if self.task_rules.scores else self.modalities
+def output_layout(
+    artifact: ModelArtifact, task: Task, head: torch.nn.Module | None = None
+) -> tuple[list[str] | None, Any]:
+    """``(towers, prior)``: what a row without any of the model's modalities gets.
+
+    A scoring task: no towers, the saved training prior. An embedding task (``scores`` is
+    False): the head's towers (``towers``, default every modality) and a NaN (towers, dim)
+    array, the width read from the head's per-tower projections (``proj``). ``head`` is
+    the built model's; without it the head alone is built from the saved config (cheap: no
+    encoder, no weights).
+    """
+    if task.scores:
+        return None, artifact.prior
+    if head is None:
+        head = _head_only(artifact.model, artifact.modalities)
+    towers = [str(t) for t in getattr(head, "towers", sorted(artifact.modalities))]
+    proj = getattr(head, "proj", None)
+    if proj is None or towers[0] not in proj:
+        raise ConfigError(f"head {artifact.model.head.name!r} outputs no per-tower embeddings; "
+                          f"task {artifact.task!r} needs one that does")
+    dim = int(proj[towers[0]].out_features)
+    return towers, np.full((len(towers), dim), np.nan, dtype=np.float32)
+
+
+def _head_only(cfg: ModelConfig, modalities: list[str]) -> torch.nn.Module:
+    """The model's head built alone from its config (what ``build_model`` would build)."""
+    names = sorted(modalities)
+    if cfg.stack is not None:  # channel-stacked volumes become one modality
+        stacked = set(cfg.stack.modalities)
+        names = sorted([m for m in names if m not in stacked] + [cfg.stack.name])
+    return create_head(cfg.head.name, cfg.d_model, names, **cfg.head.options)
 
 
 def build_predictor(config: ModelArtifact | Mapping[str, Any]) -> Predictor:
@@ -190,8 +233,15 @@ def example_io(config: ModelArtifact | Mapping[str, Any]) -> tuple[pd.DataFrame,
     shell.config, shell.task, shell.modalities = artifact.to_config(), cohort.task, modalities
     shell.task_rules = cohort_task(cohort)
     shell.threshold = float(artifact.threshold)
-    probs = shell.task_rules.fill_missing(None, np.zeros(1, bool), artifact.prior, np.float32)
-    out = shell.output_frame(inp.index, probs, {m: [False] for m in modalities}, [""])
+    shell.towers, shell.prior = output_layout(artifact, shell.task_rules)
+    probs = shell.task_rules.fill_missing(None, np.zeros(1, bool), shell.prior, np.float32)
+    if shell.towers is not None:
+        # Embeddings: a second output row with a placeholder vector (zeros, not data) so
+        # the signature types each embedding column as an optional array of floats.
+        probs = np.concatenate([probs, np.zeros_like(probs)])
+    index = pd.RangeIndex(len(probs))
+    out = shell.output_frame(index, probs, {m: [False] * len(index) for m in modalities},
+                             [""] * len(index))
     return inp, out
 
 

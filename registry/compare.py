@@ -114,6 +114,39 @@ def _clean_list(value: str) -> str:
     return v
 
 
+def metric_key(metric: str) -> str:
+    """A metric name as MLflow stores it (``test_recall@1`` -> ``test_recall_at_1``)."""
+    from registry.tracking import _safe_key
+
+    return _safe_key(metric)
+
+
+def task_metric(experiment: str, tracking_uri: str | None = None) -> tuple[str, bool]:
+    """``(metric, higher_is_better)`` to rank ``experiment`` by when none is given: the
+    monitored metric of the task its runs logged (param ``task``; ``fusion.tasks``), as a
+    test metric (``test_auroc`` binary, ``test_recall_at_1`` contrastive). Runs of several
+    tasks, or none that says, fall back to ``test_auroc``."""
+    from mlflow import MlflowClient
+
+    from fusion.tasks import get_task
+    from registry.tracking import resolve_tracking_uri
+
+    client = MlflowClient(resolve_tracking_uri(tracking_uri, Path.cwd()))
+    exp = client.get_experiment_by_name(experiment)
+    tasks: set[str] = set()
+    if exp is not None:
+        runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
+                                  max_results=1000)
+        tasks = {r.data.params["task"] for r in runs if r.data.params.get("task")}
+    if len(tasks) != 1:
+        return "test_auroc", True
+    try:
+        task = get_task(tasks.pop())
+    except ClinfuseError:  # a task this version does not know
+        return "test_auroc", True
+    return metric_key(f"test_{task.monitor}"), task.monitor_mode == "max"
+
+
 def compare_runs(
     experiment: str,
     metric: str = "test_auroc",

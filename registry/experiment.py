@@ -115,6 +115,10 @@ def _model_card(run: RunFolder, chash: str) -> str:
             "specificity",
             "brier",
             "ece",
+            "recall@1",
+            "recall@5",
+            "recall@10",
+            "median_rank",
         )
         if k in m
     ]

@@ -50,7 +50,11 @@ def log_scoring_run(
         metrics |= _flat_numbers("skipped_by_reason", summary["skipped_by_reason"], {})
         metrics |= _flat_numbers("distribution", summary["distribution"], {})
         metrics |= _flat_numbers("drift", summary["drift"], {})
+        metrics |= _flat_numbers("extras", summary.get("extras", {}), {})
         tracker.log_metrics(metrics)
-        tracker.log_dict({k: v for k, v in summary.items() if k != "predictions_path"},
-                         "scoring_summary.json")
+        # Output locations stay out of MLflow (local paths); counts and rates go in.
+        logged = {k: v for k, v in summary.items() if k != "predictions_path"}
+        logged["extras"] = {k: v for k, v in summary.get("extras", {}).items()
+                            if not k.endswith("_path")}
+        tracker.log_dict(logged, "scoring_summary.json")
         return tracker.run_id, tracker.tracking_uri

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,6 +94,9 @@ def _truncate(text: str, limit: int) -> str:
 
 
 def _safe_key(key: str) -> str:
+    """A metric name MLflow accepts: ``@`` spelled ``_at_`` (``recall@1`` ->
+    ``recall_at_1``), other characters it refuses as ``_``, long names shortened."""
+    key = re.sub(r"[^\w\-. :/]", "_", key.replace("@", "_at_"))
     if len(key) <= MAX_KEY_LEN:
         return key
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]

@@ -8,6 +8,11 @@ store (consolidation) and summarising counts, the score distribution and input d
 ``score_cohort`` is the usual entry: Parquet parts under ``out``, mirrored to PostgreSQL
 when a database URL is given.
 
+What a row holds is the task's: probability columns, a decision and the threshold for a
+classification task; one ``embedding_<tower>`` column per tower for a retrieval (embedding)
+task, whose run ends by writing the embeddings export and the top-k neighbours of the
+scored cohort (``scoring.retrieval``) instead of the score distribution and drift.
+
 Memory stays bounded whatever the cohort size: cohort.parquet is read in row windows, the
 DataLoader holds a few batches, predictions go to the store batch by batch, and the score
 distribution is accumulated as fixed-size histograms. What grows with the cohort is a set
@@ -36,11 +41,17 @@ from torch.utils.data import DataLoader
 from fusion.data import CohortDataset, Collator
 from fusion.device import autocast, pin_memory
 from fusion.predictor import Predictor
-from fusion.train import probabilities
 from modalities.cache import TensorCache
 from modalities.errors import ConfigError
 from scoring.drift import distribution, drift, reference_edges
-from scoring.plan import accepted, pending_chunks, plan, window_keys
+from scoring.plan import Plan, accepted, pending_chunks, plan, window_keys
+from scoring.retrieval import (
+    DEFAULT_TOP_K,
+    DRIFT_SKIPPED,
+    embedding_arrays,
+    embedding_columns,
+    export_retrieval,
+)
 from scoring.stores import PredictionStore, open_store
 
 
@@ -53,6 +64,9 @@ class ScoreSummary:
     every current prediction of this model version, whether scored now or earlier.
     ``peak_rss_mb`` is the process's peak resident set (getrusage), not this run's alone
     (in a freshly exec'd child it may even include the parent's RSS at fork time).
+    A retrieval model's ``distribution`` counts embeddings per tower and the share of
+    queries whose own partner is among their top-k (``partner_recall``), its ``drift``
+    says why score drift is skipped, and ``extras`` holds ``top_k`` and the export paths.
     """
 
     model_name: str
@@ -86,7 +100,10 @@ def peak_rss_mb() -> float:
 
 
 def output_columns(predictor: Predictor) -> tuple[list[str], list[str]]:
-    """(probability column names, label names): the task's (``Task.probability_columns``)."""
+    """(output column names, output names): the task's probability columns
+    (``Task.probability_columns``), or one embedding column per tower."""
+    if predictor.towers is not None:
+        return embedding_columns(predictor.towers), list(predictor.towers)
     n = len(np.atleast_1d(predictor.prior))
     return predictor.task_rules.probability_columns(predictor.config.get("label_names"), n)
 
@@ -99,9 +116,22 @@ def _predictions(predictor: Predictor, probs: np.ndarray, names: list[str]) -> p
     return pa.array(list(decided), pa.string())  # typed even when the batch is empty
 
 
+def output_arrays(
+    predictor: Predictor, outputs: np.ndarray, out_cols: list[str], names: list[str]
+) -> dict[str, pa.Array]:
+    """A batch's task columns: probabilities, decision and threshold; or embeddings."""
+    if predictor.towers is not None:
+        return embedding_arrays(predictor.towers, outputs)
+    probs = outputs.reshape(len(outputs), len(out_cols))
+    cols = {c: pa.array(probs[:, k].astype(np.float64)) for k, c in enumerate(out_cols)}
+    cols["prediction"] = _predictions(predictor, probs, names)
+    cols["threshold"] = pa.array([predictor.threshold] * len(probs), pa.float64())
+    return cols
+
+
 def _batch_table(
-    predictor: Predictor, chunk: pd.DataFrame, probs: np.ndarray, model_name: str,
-    model_version: str, hashes: list[str], prob_cols: list[str], names: list[str],
+    predictor: Predictor, chunk: pd.DataFrame, outputs: dict[str, pa.Array], model_name: str,
+    model_version: str, hashes: list[str],
 ) -> pa.Table:
     n = len(chunk)
     cols: dict[str, pa.Array] = {
@@ -110,15 +140,24 @@ def _batch_table(
         "model_version": pa.array([model_version] * n, pa.string()),
         "input_hash": pa.array(hashes, pa.string()),
     }
-    for k, c in enumerate(prob_cols):
-        cols[c] = pa.array(probs[:, k].astype(np.float64))
-    cols["prediction"] = _predictions(predictor, probs, names)
-    cols["threshold"] = pa.array([predictor.threshold] * n, pa.float64())
+    cols |= outputs
     for m in predictor.modalities:
         cols[f"present_{m}"] = pa.array(accepted(chunk, m))
     now = datetime.now(UTC)
     cols["scored_at"] = pa.array([now] * n, pa.timestamp("us", tz="UTC"))
     return pa.table(cols)
+
+
+@torch.inference_mode()
+def _batch_outputs(predictor: Predictor, batch: Any) -> np.ndarray:
+    """The task's per-row outputs (``Task.outputs``) for one batch; embeddings of a tower
+    the row lacks are NaN."""
+    with autocast(predictor.device, True):
+        result = predictor.model(batch.inputs, batch.present)
+    outputs = predictor.task_rules.outputs(result).float().cpu().numpy()
+    for k, t in enumerate(predictor.towers or ()):
+        outputs[~batch.present[t].cpu().numpy(), k] = np.nan
+    return outputs
 
 
 # --------------------------------------------------------------------------- scoring
@@ -159,16 +198,20 @@ def score_into(
     num_workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
     reference: dict[str, Any] | None = None,
+    exports: Path | None = None,
+    top_k: int = DEFAULT_TOP_K,
 ) -> ScoreSummary:
     """Score every eligible patient not yet in ``store``, once; finishes, does not close it.
 
     The inputs must already be checked (``score_cohort`` does). ``progress(done, total)``
-    is called after each written batch (``total``: rows pending at start).
+    is called after each written batch (``total``: rows pending at start). A retrieval
+    model's embeddings export and ``top_k`` neighbours are written into ``exports`` (none
+    without it).
     """
     t0 = time.perf_counter()
     prepared = Path(prepared)
     mods = list(predictor.modalities)
-    prob_cols, names = output_columns(predictor)
+    out_cols, names = output_columns(predictor)
     window = batch_size * 16  # cohort rows read per step: bounded, independent of N
     todo = plan(prepared, mods, model_name, model_version,
                 store.done_keys(model_version), window)
@@ -187,22 +230,26 @@ def score_into(
                             pin_memory=pin_memory(device))
         for b, batch in enumerate(loader):
             lo, hi = b * batch_size, b * batch_size + len(batch.patients)
-            with torch.inference_mode(), autocast(device, True):
-                batch = batch.to(device)
-                logits = predictor.model(batch.inputs, batch.present)["logits"]
-                probs = probabilities(predictor.task, logits).float().cpu().numpy()
-            probs = probs.reshape(hi - lo, len(prob_cols))
-            store.write(_batch_table(predictor, chunk.iloc[lo:hi], probs, model_name,
-                                     model_version, hashes[lo:hi], prob_cols, names))
+            outputs = _batch_outputs(predictor, batch.to(device))
+            store.write(_batch_table(predictor, chunk.iloc[lo:hi],
+                                     output_arrays(predictor, outputs, out_cols, names),
+                                     model_name, model_version, hashes[lo:hi]))
             done += hi - lo
             if progress is not None:
                 progress(done, total)
 
     store.finish()
-    stats = distribution(
-        store.rows(model_version, ["patient", "input_hash", *prob_cols]), todo.current,
-        prob_cols, predictor.task, predictor.threshold, reference_edges(reference),
-    )
+    rows = store.rows(model_version, ["patient", "input_hash", *out_cols])
+    if predictor.towers is not None:
+        dim = int(np.shape(predictor.prior)[-1])
+        dist, extras = export_retrieval(rows, todo.current, predictor.towers, dim, exports,
+                                        top_k, model_name, model_version)
+        drifted = _presence_only(mods, todo) | {"skipped": DRIFT_SKIPPED}
+    else:
+        stats = distribution(rows, todo.current, out_cols, predictor.task,
+                             predictor.threshold, reference_edges(reference))
+        dist, extras = stats.summary(), {}
+        drifted = drift(mods, todo.presence, todo.eligible, predictor.prior, stats, reference)
     by_reason = Counter(s["reason"] for s in todo.skipped)
     return ScoreSummary(
         model_name=model_name,
@@ -212,13 +259,21 @@ def score_into(
         already_scored=todo.already,
         skipped=todo.skipped,
         skipped_by_reason=dict(sorted(by_reason.items())),
-        distribution=stats.summary(),
-        drift=drift(mods, todo.presence, todo.eligible, predictor.prior, stats, reference),
+        distribution=dist,
+        drift=drifted,
         seconds=time.perf_counter() - t0,
         peak_rss_mb=peak_rss_mb(),
         predictions_path=store.location,
+        extras=extras,
         **store.counts(),
     )
+
+
+def _presence_only(mods: list[str], todo: Plan) -> dict[str, Any]:
+    """Presence rates of the eligible rows (no reference: a retrieval model stores none)."""
+    n = todo.eligible
+    return {"presence": {m: {"current": todo.presence[m] / n if n else float("nan")}
+                         for m in mods}}
 
 
 def score_cohort(
@@ -232,11 +287,16 @@ def score_cohort(
     num_workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
     reference: dict[str, Any] | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    export: bool = True,
 ) -> ScoreSummary:
     """Score every eligible patient of a prepared cohort once; resumable and idempotent.
 
     Writes Parquet parts and ``out/predictions.parquet``, and upserts into PostgreSQL when
-    ``db_url`` is given. ``progress(done, total)`` is called after each written batch.
+    ``db_url`` is given. A retrieval model also gets ``out/embeddings.parquet`` and
+    ``out/neighbours.parquet`` (``top_k`` per query and tower pair; ``scoring.retrieval``;
+    not with ``export=False``, for a shard of a cohort).
+    ``progress(done, total)`` is called after each written batch.
     ``reference`` (``fusion.reference.score_reference``) adds presence/prior differences
     and the PSI of the scores; without it the prior comes from the predictor's config.
     Raises ``ConfigError`` for a wrong folder or spec and ``ScoringError`` when an output
@@ -245,11 +305,14 @@ def score_cohort(
     t0 = time.perf_counter()
     prepared = Path(prepared)
     _check_inputs(prepared, predictor, model_version, batch_size)
+    if top_k < 1:
+        raise ConfigError(f"top_k must be >= 1 (got {top_k})")
     store = open_store(Path(out), db_url)
     try:
         summary = score_into(store, prepared, predictor, model_name, model_version,
                              batch_size=batch_size, num_workers=num_workers,
-                             progress=progress, reference=reference)
+                             progress=progress, reference=reference,
+                             exports=Path(out) if export else None, top_k=top_k)
     finally:
         store.close()
     summary.seconds = time.perf_counter() - t0

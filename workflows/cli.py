@@ -402,7 +402,9 @@ def _variants_table(rows: list[dict[str, Any]], title: str) -> None:
 @user_errors
 def compare(
     experiment: Annotated[str, typer.Option(help="MLflow experiment to compare.")] = "clinfuse",
-    metric: Annotated[str, typer.Option(help="Metric to rank by.")] = "test_auroc",
+    metric: Annotated[str | None, typer.Option(help=(
+        "Metric to rank by (default: the task's monitored test metric: test_auroc for "
+        "binary, test_recall_at_1 for contrastive)."))] = None,
     promote: Annotated[
         str | None, typer.Option(help="Give the best run's version of this model 'champion'.")
     ] = None,
@@ -449,13 +451,21 @@ def score(
         None
     ),
     workdir: Annotated[Path, typer.Option(help="Local MLflow store folder.")] = Path("."),
+    top_k: Annotated[int, typer.Option(
+        "--top-k", help="Retrieval models: nearest neighbours per patient and tower pair.")
+    ] = 5,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Score a prepared cohort with a registered model; exactly once, resumable."""
+    """Score a prepared cohort with a registered model; exactly once, resumable.
+
+    A retrieval model writes embeddings (predictions.parquet, embeddings.parquet) and the
+    top-k neighbours of the scored cohort (neighbours.parquet) instead of probabilities.
+    """
     from workflows import checks
 
     checks.at_least("--batch-size", batch_size, 1)
+    checks.at_least("--top-k", top_k, 1)
     checks.at_least("--shards", shards, 1)
     checks.prepared_folder(prepared)
     from workflows.runtime import configure_runtime
@@ -466,7 +476,8 @@ def score(
     from workflows.score import run_score
 
     with _stdout_for(as_json), _progress(progress, as_json):
-        summary = run_score(prepared, out, model, db_url, workdir, batch_size, dask, shards)
+        summary = run_score(prepared, out, model, db_url, workdir, batch_size, dask, shards,
+                            top_k=top_k)
     if as_json:
         _emit(summary, True, "score")
         return
@@ -483,6 +494,7 @@ def score(
             "mlflow_run_id",
         )
     }
+    brief |= {k: v for k, v in summary.get("extras", {}).items() if k.endswith("_path")}
     _emit(brief, False, "score")
 
 

@@ -12,12 +12,12 @@ from workflows.runtime import configure_runtime
 
 log = logging.getLogger("clinfuse.compare")
 
-LOWER_IS_BETTER = ("brier", "ece", "log_loss", "hamming_loss", "loss")
+LOWER_IS_BETTER = ("brier", "ece", "log_loss", "hamming_loss", "loss", "median_rank")
 
 
 def run_compare(
     experiment: str,
-    metric: str = "test_auroc",
+    metric: str | None = None,
     promote: str | None = None,
     workdir: Path = Path("."),
     console: Console | None = None,
@@ -25,6 +25,10 @@ def run_compare(
     force: bool = False,
 ) -> dict[str, Any]:
     """Compare runs by ``metric``; with ``promote`` give the best run's version ``champion``.
+
+    Without ``metric``, runs are ranked by their task's monitored test metric
+    (``registry.compare.task_metric``: ``test_auroc`` binary, ``test_recall_at_1``
+    contrastive). A name with ``@`` is taken as MLflow stores it (``_at_``).
 
     Promotion happens before the comparison run is logged, so a refused one
     (``PromotionRefused``: the best run's CI overlaps the runner-up's, no ``force``)
@@ -37,13 +41,19 @@ def run_compare(
         check_promotion,
         compare_runs,
         log_comparison,
+        metric_key,
         promote_best,
+        task_metric,
     )
     from registry.plots import comparison_figure
     from registry.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, workdir)
-    higher = not metric.removeprefix("test_").startswith(LOWER_IS_BETTER)
+    if metric:
+        metric = metric_key(metric)
+        higher = not metric.removeprefix("test_").startswith(LOWER_IS_BETTER)
+    else:
+        metric, higher = task_metric(experiment, uri)
     df = compare_runs(experiment, metric, uri, higher_is_better=higher)
     if console is not None:
         console.print(_table(df, metric, f"{experiment}: runs by {metric}"))

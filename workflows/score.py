@@ -3,7 +3,10 @@
 Loads the model by alias (verified: ``registry.model.load_predictor`` runs no stored code),
 scores in streaming batches (optionally one shard per Dask worker), writes Parquet (and
 PostgreSQL when a database URL is configured), logs a scoring run to MLflow and leaves a
-summary table and the MLflow link as Prefect artifacts.
+summary table and the MLflow link as Prefect artifacts. A retrieval model's rows hold its
+embeddings; the run also writes the embeddings export and the top-k neighbours of the whole
+scored cohort (``scoring.retrieval``; the shards of a fanned-out run leave that to the
+final whole-cohort pass).
 
 Secrets never travel as flow parameters (Prefect stores and shows those): the database URL
 is read where the task runs, from the environment variable ``db_url_env`` names
@@ -95,8 +98,12 @@ def score_shard(
     batch_size: int,
     db_url_env: str | None = DB_URL_ENV,
     db_url_secret: str | None = None,
+    top_k: int = 5,
+    export: bool = True,
 ) -> dict[str, Any]:
-    """Score one prepared cohort (or shard view); resumable, so a retry finishes the rest."""
+    """Score one prepared cohort (or shard view); resumable, so a retry finishes the rest.
+
+    ``export=False`` (a shard): no retrieval export, the whole-cohort pass writes it."""
     from registry.model import load_predictor
     from scoring import score_cohort
     from workflows.progress import counter
@@ -112,6 +119,8 @@ def score_shard(
         db_url=resolve_db_url(db_url_env, db_url_secret),
         reference=predictor.config.get("reference"),
         progress=counter(f"score:{Path(prepared).name}", "score", "patients"),
+        top_k=top_k,
+        export=export,
     )
     return summary.to_dict()
 
@@ -143,12 +152,14 @@ def score_flow(
     shards: int = 1,
     db_url_env: str | None = DB_URL_ENV,
     db_url_secret: str | None = None,
+    top_k: int = 5,
 ) -> dict[str, Any]:
     """Score a prepared cohort with ``model`` (``models:/NAME@ALIAS``); return the summary.
 
     Predictions also go to PostgreSQL when the Secret block ``db_url_secret`` or the
     environment variable ``db_url_env`` (default ``CLINFUSE_DB_URL``) holds a URL where the
-    tasks run; these parameters are names, never the URL.
+    tasks run; these parameters are names, never the URL. ``top_k``: neighbours per query
+    and tower pair for a retrieval model (ignored by classification models).
     """
     from registry.tracking import resolve_tracking_uri
 
@@ -158,15 +169,16 @@ def score_flow(
     db = {"db_url_env": db_url_env, "db_url_secret": db_url_secret}
     if shards > 1:
         views = make_shards(prepared, shards, str(Path(out) / "shards"))
-        futures = [score_shard.submit(v, model, out, tracking_uri, batch_size, **db) for v in views]
+        futures = [score_shard.submit(v, model, out, tracking_uri, batch_size, **db,
+                                      top_k=top_k, export=False) for v in views]
         scored_now = sum(f.result()["scored_now"] for f in futures)
         # One pass over the whole cohort: scores nothing new (all shards are done), merges
         # the parts and computes the cohort-wide summary, skipped list and drift.
-        summary = score_shard(prepared, model, out, tracking_uri, batch_size, **db)
+        summary = score_shard(prepared, model, out, tracking_uri, batch_size, **db, top_k=top_k)
         summary["already_scored"] -= scored_now
         summary["scored_now"] = scored_now
     else:
-        summary = score_shard(prepared, model, out, tracking_uri, batch_size, **db)
+        summary = score_shard(prepared, model, out, tracking_uri, batch_size, **db, top_k=top_k)
     run_id, uri = log_scoring(summary, model, prepared, tracking_uri, workdir)
     summary["mlflow_run_id"] = run_id
     skipped = summary.get("skipped_by_reason", {})
@@ -252,6 +264,7 @@ def run_score(
     dask_address: str | None = None,
     shards: int | None = None,
     tracking_uri: str | None = None,
+    top_k: int = 5,
 ) -> dict[str, Any]:
     """Run the flow; with a Dask address the shards fan out on the cluster.
 
@@ -266,5 +279,6 @@ def run_score(
     runner = task_runner(max(1, n), dask_address)
     with _env_var(DB_URL_ENV, db_url):
         return score_flow.with_options(task_runner=runner)(
-            str(prepared), str(out), model, tracking_uri, str(workdir), batch_size, n
+            str(prepared), str(out), model, tracking_uri, str(workdir), batch_size, n,
+            top_k=top_k,
         )

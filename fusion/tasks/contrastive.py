@@ -21,9 +21,33 @@ from fusion.tasks.base import Task, register_task, with_presence
 from modalities.cohort import CohortConfig
 from modalities.errors import ConfigError
 
+
+def embedding_column(tower: Any) -> str:
+    """The output column holding ``tower``'s embeddings (pyfunc, scoring)."""
+    return f"embedding_{tower}"
+
+
+def embedding_cells(emb: np.ndarray) -> list[list[float] | None]:
+    """(N, D) embeddings -> per-row lists of floats; None for a NaN (absent) row."""
+    return [None if np.isnan(row).any() else row.tolist() for row in np.asarray(emb)]
+
+
+def _row_shape(template: Any) -> tuple[int, ...]:
+    """One row's (T, D) output shape from a template array or a shape tuple."""
+    if isinstance(template, tuple) and all(isinstance(x, int) for x in template):
+        return template
+    arr = np.asarray(template, dtype=float)
+    if arr.ndim != 2:
+        raise ConfigError(
+            "a contrastive model gives rows without its modalities NaN embeddings and needs "
+            "their (towers, dim) shape; build a Predictor from the model's saved config"
+        )
+    return tuple(arr.shape)
+
+
 _NO_SCORES = (
-    "a contrastive model outputs embeddings, not probabilities; batch scoring and drift "
-    "need a classification task (binary, multiclass, multilabel)"
+    "a contrastive model outputs embeddings, not probabilities: it has no probability "
+    "columns or decisions (batch scoring writes its embeddings and top-k neighbours)"
 )
 
 
@@ -54,7 +78,19 @@ class ContrastiveTask(Task):
         raise ConfigError(_NO_SCORES)
 
     def outputs(self, model_out: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return model_out["embeddings"].float()
+        """(B, T, D) embeddings, NaN for a tower the row lacks (it was never encoded).
+
+        The head embeds every tower of every row; an absent tower's vector comes from a
+        masked placeholder and means nothing. Towers map to the model's sorted modalities
+        when they are all of them (the default); with a ``towers``/``pair`` subset the
+        vectors are kept as they are (callers mask them with their own presence).
+        """
+        emb = model_out["embeddings"].float()
+        present = model_out.get("present")
+        if isinstance(present, Mapping) and len(present) == emb.shape[1]:
+            absent = torch.stack([~present[m].bool() for m in sorted(present)], 1)
+            emb = emb.masked_fill(absent.unsqueeze(-1).to(emb.device), float("nan"))
+        return emb
 
     def prior(self, y_train: np.ndarray | None) -> None:
         return None
@@ -62,15 +98,18 @@ class ContrastiveTask(Task):
     def fill_missing(
         self, outputs: np.ndarray | None, mask: np.ndarray, prior: Any, dtype: Any = float
     ) -> np.ndarray:
-        """Embeddings where ``mask``; NaN rows elsewhere (no embedding without an input)."""
-        if outputs is None or not mask.any():
-            raise ConfigError(
-                "a contrastive model has no prior to give rows without its modalities; "
-                "serving and logging contrastive models as pyfunc is not supported yet"
-            )
-        out = np.asarray(outputs, dtype=dtype)
-        full = np.full((len(mask), *out.shape[1:]), np.nan, dtype=dtype)
-        full[mask] = out
+        """Embeddings where ``mask``, NaN rows elsewhere (no embedding without an input).
+
+        ``prior`` is the (T, D) shape of one row's output, or an array of that shape (the
+        predictor's NaN template): it shapes the rows when ``outputs`` is None.
+        """
+        if outputs is not None and np.asarray(outputs).ndim == 3:
+            shape = np.asarray(outputs).shape[1:]
+        else:
+            shape = _row_shape(prior)
+        full = np.full((len(mask), *shape), np.nan, dtype=dtype)
+        if outputs is not None and mask.any():
+            full[mask] = np.asarray(outputs, dtype=dtype).reshape(int(mask.sum()), *shape)
         return full
 
     def decide(self, probs: np.ndarray, threshold: float, names: Sequence[str]) -> Any:
@@ -85,12 +124,15 @@ class ContrastiveTask(Task):
         self, index: pd.Index, probs: np.ndarray, label_names: Sequence[Any] | None,
         threshold: float,
     ) -> pd.DataFrame:
-        """One ``embedding_<tower>`` column per tower (lists of floats)."""
+        """One ``embedding_<tower>`` column per tower: a list of D floats, or None where the
+        row lacks that tower (``label_names``: the towers, in the order of ``probs``)."""
         emb = np.asarray(probs, dtype=float)
-        names = list(label_names or range(emb.shape[1] if emb.ndim == 3 else 0))
+        if emb.ndim != 3:
+            emb = emb.reshape(len(index), len(label_names or ()), -1)
+        names = list(label_names or range(emb.shape[1]))
         out = pd.DataFrame(index=index)
         for k, m in enumerate(names):
-            out[f"embedding_{m}"] = [row.tolist() for row in emb[:, k]]
+            out[embedding_column(m)] = embedding_cells(emb[:, k])
         return out
 
     def prediction_table(

@@ -3,7 +3,8 @@
 The table is created on first use with the key and shared columns; probability and presence
 columns of a model are added when first seen (``ADD COLUMN IF NOT EXISTS``), so models with
 different labels or modalities share one table. ``prediction`` is text so binary (0/1),
-multiclass (class index) and multilabel (comma-joined) rows fit.
+multiclass (class index) and multilabel (comma-joined) rows fit; a retrieval model's
+``embedding_<tower>`` columns are ``REAL[]`` (NULL where the row lacks the tower).
 
 psycopg2 directly, not SQLAlchemy Core: the store is PostgreSQL-specific by nature
 (``ON CONFLICT``, ``ADD COLUMN IF NOT EXISTS``, ``information_schema``), needs one
@@ -38,7 +39,8 @@ DB_BASE_COLUMNS = {
     "threshold": "DOUBLE PRECISION",
     "scored_at": "TIMESTAMPTZ NOT NULL",
 }
-DB_EXTRA_TYPES = {"probability": "DOUBLE PRECISION", "present_": "BOOLEAN"}
+DB_EXTRA_TYPES = {"probability": "DOUBLE PRECISION", "present_": "BOOLEAN",
+                  "embedding_": "REAL[]"}  # a retrieval model's per-tower embedding (NULL: absent)
 
 
 class PostgresStore:

@@ -38,6 +38,7 @@ from registry.model import (
     log_model,
 )
 from registry.tracking import Tracker
+from tests.servers import sqlite_uri
 
 FEATURES = ["x1", "x2"]
 REPO = Path(__file__).resolve().parents[2]
@@ -379,3 +380,22 @@ def test_cli_compare_refuses_overlapping_promotion(
 
     lone = _cli("compare", "--experiment", exp, "--force", uri=mlflow_server, cwd=tmp_path)
     assert lone.returncode == 2 and "--force only applies with --promote" in lone.stderr
+
+
+def test_default_metric_is_the_task_monitored_one_as_mlflow_stores_it(workdir: Path) -> None:
+    from registry.compare import metric_key, task_metric
+
+    uri = sqlite_uri(workdir / "mlflow.db")
+    with Tracker("retr", "concat", tracking_uri=uri, workdir=workdir) as tr:
+        tr.log_params({"task": "contrastive"})
+        tr.log_metrics({"test_recall@1": 0.9, "test_median_rank": 1.0})
+    with Tracker("mixed", "a", tracking_uri=uri, workdir=workdir) as tr:
+        tr.log_params({"task": "contrastive"})
+    with Tracker("mixed", "b", tracking_uri=uri, workdir=workdir) as tr:
+        tr.log_params({"task": "binary"})
+    assert task_metric("retr", uri) == ("test_recall_at_1", True)
+    assert task_metric("mixed", uri) == ("test_auroc", True)  # several tasks: no guess
+    assert task_metric("no-such-experiment", uri) == ("test_auroc", True)
+    assert metric_key("test_recall@1") == "test_recall_at_1"
+    df = compare_runs("retr", metric_key("test_recall@1"), tracking_uri=uri)
+    assert df["test_recall_at_1"].tolist() == [0.9]

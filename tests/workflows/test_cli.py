@@ -177,6 +177,7 @@ def test_score_user_errors_fail_fast(small_prepared: Path, tmp_path: Path) -> No
     _fails_in_one_line(base, "no MLflow store at")
     assert not (tmp_path / "mlflow.db").exists()  # looking did not create it
     _fails_in_one_line([*base, "--batch-size", "0"], "--batch-size must be >= 1 (got 0)")
+    _fails_in_one_line([*base, "--top-k", "0"], "--top-k must be >= 1 (got 0)")
     _fails_in_one_line([*base, "--model", "clinfuse@champion"], "must look like models:/")
     _fails_in_one_line(["score", str(tmp_path / "nope"), "--out", str(tmp_path)], "prepared cohort")
     # A store with a registered model but no such alias, and no such model.
