@@ -25,6 +25,8 @@ from modalities.ingest import ingest_manifest
 from synth.digits import (
     CLIPS,
     WORDS,
+    ImageLook,
+    caption_for,
     degrade_audio,
     spoken_clips,
     synth_digits,
@@ -77,6 +79,44 @@ def test_manifest_columns_classes_balanced_and_stratified(digits: Path) -> None:
         assert splits["train"] == 4 and splits["val"] + splits["test"] == 1
     for r in rows:  # the caption names the digit (retrieval text, not clinical)
         assert WORDS[int(r["label"])] in re.findall(r"[a-z]+", r["text"])
+
+
+def test_captions_describe_the_visible_attributes_of_their_own_image(digits: Path) -> None:
+    rows, meta = _rows(digits / "manifest.csv"), _rows(digits / "samples.csv")
+    assert list(meta[0]) == ["patient_id", "digit", "source_index", "ink", "stroke",
+                             "occluded", "voice", "snr_db"]
+    for r, m in zip(rows, meta, strict=True):
+        words = re.findall(r"[a-z]+", r["text"])
+        assert m["ink"] in words and m["stroke"] in words and m["digit"] == r["label"]
+        assert ("grey" in words) == (m["occluded"] == "True")
+    for column in ("ink", "stroke", "occluded"):  # every attribute takes both values
+        assert len({m[column] for m in meta}) == 2
+    # Captions single out instances: far more distinct captions than digits.
+    assert len({r["text"] for r in rows}) > 30
+    assert {caption_for(3, ImageLook("faint", "bold", True), t) for t in range(4)} == {
+        "a faint, bold handwritten three, partly hidden by a grey block",
+        "the digit three, written by hand in faint ink with a bold pen, partly hidden by a "
+        "grey block",
+        "a scanned handwritten three with bold faint strokes, partly hidden by a grey block",
+        "a picture of the number three in bold, faint lines, partly hidden by a grey block",
+    }
+
+
+def test_ink_stroke_and_block_are_visible_in_the_pixels(tmp_path: Path) -> None:
+    synth_digits(tmp_path, n=200, seed=1, image_noise=0.0, occlusion=0.5)
+    meta = _rows(tmp_path / "samples.csv")
+    px = [read_image((tmp_path / f"images/{m['patient_id']}.png").read_bytes()).pixels
+          for m in meta]
+    peak = np.array([p.max() for p in px])
+    lit = np.array([(p > 0.3).mean() for p in px])
+    grey = np.array([np.isclose(p, 0.5, atol=0.003).mean() for p in px])
+    ink = np.array([m["ink"] for m in meta])
+    stroke = np.array([m["stroke"] for m in meta])
+    occluded = np.array([m["occluded"] == "True" for m in meta])
+    assert peak[ink == "faint"].max() <= 0.76 < 0.95 < np.median(peak[ink == "dark"])
+    bold, thin = lit[(stroke == "bold") & ~occluded], lit[(stroke == "thin") & ~occluded]
+    assert bold.mean() > 1.4 * thin.mean()
+    assert grey[~occluded].max() < 0.02 < grey[occluded].min()
 
 
 def test_sources_are_real_digits_of_the_label(digits: Path) -> None:
