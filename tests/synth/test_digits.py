@@ -83,40 +83,50 @@ def test_manifest_columns_classes_balanced_and_stratified(digits: Path) -> None:
 
 def test_captions_describe_the_visible_attributes_of_their_own_image(digits: Path) -> None:
     rows, meta = _rows(digits / "manifest.csv"), _rows(digits / "samples.csv")
-    assert list(meta[0]) == ["patient_id", "digit", "source_index", "ink", "stroke",
+    assert list(meta[0]) == ["patient_id", "digit", "source_index", "stroke", "paper", "boxed",
                              "occluded", "voice", "snr_db"]
     for r, m in zip(rows, meta, strict=True):
         words = re.findall(r"[a-z]+", r["text"])
-        assert m["ink"] in words and m["stroke"] in words and m["digit"] == r["label"]
-        assert ("grey" in words) == (m["occluded"] == "True")
-    for column in ("ink", "stroke", "occluded"):  # every attribute takes both values
+        assert m["stroke"] in words and m["paper"] in words and m["digit"] == r["label"]
+        assert ("box" in words) == (m["boxed"] == "True")
+        assert ("smudge" in words) == (m["occluded"] == "True")
+    for column in ("stroke", "paper", "boxed", "occluded"):  # every attribute takes both values
         assert len({m[column] for m in meta}) == 2
     # Captions single out instances: far more distinct captions than digits.
     assert len({r["text"] for r in rows}) > 30
-    assert {caption_for(3, ImageLook("faint", "bold", True), t) for t in range(4)} == {
-        "a faint, bold handwritten three, partly hidden by a grey block",
-        "the digit three, written by hand in faint ink with a bold pen, partly hidden by a "
-        "grey block",
-        "a scanned handwritten three with bold faint strokes, partly hidden by a grey block",
-        "a picture of the number three in bold, faint lines, partly hidden by a grey block",
+    assert {caption_for(3, ImageLook("bold", "grey", True, True), t) for t in range(4)} == {
+        "a bold handwritten three on grey paper inside a box, partly covered by a smudge",
+        "the digit three, written by hand with a bold pen on grey paper inside a box, partly "
+        "covered by a smudge",
+        "a scanned handwritten three in bold strokes on grey paper inside a box, partly "
+        "covered by a smudge",
+        "a picture of the number three in bold lines on grey paper inside a box, partly "
+        "covered by a smudge",
     }
+    assert caption_for(0, ImageLook("thin", "black", False, False), 0) == (
+        "a thin handwritten zero on black paper, fully visible")
 
 
-def test_ink_stroke_and_block_are_visible_in_the_pixels(tmp_path: Path) -> None:
+def test_stroke_paper_box_and_smudge_are_visible_in_the_pixels(tmp_path: Path) -> None:
     synth_digits(tmp_path, n=200, seed=1, image_noise=0.0, occlusion=0.5)
     meta = _rows(tmp_path / "samples.csv")
-    px = [read_image((tmp_path / f"images/{m['patient_id']}.png").read_bytes()).pixels
+    px = [read_image((tmp_path / f"images/{m['patient_id']}.png").read_bytes()).pixels[0]
           for m in meta]
-    peak = np.array([p.max() for p in px])
-    lit = np.array([(p > 0.3).mean() for p in px])
-    grey = np.array([np.isclose(p, 0.5, atol=0.003).mean() for p in px])
-    ink = np.array([m["ink"] for m in meta])
     stroke = np.array([m["stroke"] for m in meta])
+    paper = np.array([m["paper"] for m in meta])
+    boxed = np.array([m["boxed"] == "True" for m in meta])
     occluded = np.array([m["occluded"] == "True" for m in meta])
-    assert peak[ink == "faint"].max() <= 0.76 < 0.95 < np.median(peak[ink == "dark"])
-    bold, thin = lit[(stroke == "bold") & ~occluded], lit[(stroke == "thin") & ~occluded]
-    assert bold.mean() > 1.4 * thin.mean()
-    assert grey[~occluded].max() < 0.02 < grey[occluded].min()
+    corner = np.array([p[0, 0] for p in px])  # outside the box, never under a stroke
+    assert np.allclose(corner[~occluded & (paper == "black")], 0.0, atol=0.003)
+    assert np.allclose(corner[~occluded & (paper == "grey")], 0.3, atol=0.003)
+    ring = np.array([np.mean(np.r_[p[1, 1:-1], p[-2, 1:-1], p[1:-1, 1], p[1:-1, -2]] > 0.85)
+                     for p in px])  # share of the box's pixels lit
+    assert ring[~occluded & boxed].min() == 1.0 and ring[~occluded & ~boxed].max() < 0.5
+    lit = np.array([(p > 0.6).mean() for p in px])
+    plain = ~boxed & ~occluded
+    assert lit[plain & (stroke == "bold")].mean() > 1.4 * lit[plain & (stroke == "thin")].mean()
+    smudge = np.array([np.isclose(p, 0.55, atol=0.003).mean() for p in px])
+    assert smudge[~occluded].max() < 0.02 < smudge[occluded].min()
 
 
 def test_sources_are_real_digits_of_the_label(digits: Path) -> None:
