@@ -1,4 +1,4 @@
-"""Cross-modal retrieval metrics (the contrastive task): Recall@K and median rank.
+"""Cross-modal retrieval metrics (the retrieval task): Recall@K and median rank.
 
 For two modalities A and B with L2-normalised embeddings of the same N patients, the query
 A_i should retrieve B_i among all N candidates. ``rank`` is the 1-based position of the
