@@ -4,14 +4,16 @@ errors for recipes that cannot work."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
 from fusion.tasks import cohort_task, get_task
 from fusion.zero_shot import classify, zero_shot_config, zero_shot_labels, zero_shot_scores
 from modalities.cohort import CohortConfig
 from modalities.errors import ConfigError
-from workflows.config import load_config
 
 ZS = {"template": "a handwritten {}", "classes": {"0": "zero", "1": "one", "2": "two"}}
 
@@ -29,7 +31,9 @@ def test_retrieval_is_the_task_and_contrastive_its_alias() -> None:
 
 
 def test_prompts_read_well_in_yaml_and_int_keys_become_label_values() -> None:
-    cfg = load_config("digits_retrieval").cohort
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "digits_retrieval.yaml"
+    cfg = CohortConfig.model_validate(yaml.safe_load(recipe.read_text())["cohort"])
+    cohort_task(cfg)
     zs = zero_shot_config(cfg)
     assert zs is not None and zs.prompts()[7] == ["a handwritten seven"]
     assert list(zs.class_words()) == [str(d) for d in range(10)]
