@@ -31,6 +31,7 @@ from fusion.train import (
     resolve_device,
     seed_everything,
 )
+from fusion.zero_shot import zero_shot_metrics
 from modalities.cohort_table import CohortTable
 from modalities.errors import ConfigError
 
@@ -166,6 +167,8 @@ def train_variant(
         groups={"present": presence_pattern(test.present)},
         n_boot=train_cfg.n_boot, seed=train_cfg.seed, label_names=names, present=test.present,
     )
+    metrics |= zero_shot_metrics(model, cohort.cfg, mods, rows[rows["split"] == "test"], test,
+                                 collate, device, task, train_cfg.n_boot, train_cfg.seed)
     artifact = ModelArtifact.build(
         cohort.cfg, mcfg, variant.modalities, threshold=threshold,
         prior=0.5 if prior is None else prior,  # contrastive: no prior (nothing scores it)

@@ -77,7 +77,7 @@ class TrainConfig(BaseModel):
     )
     monitor: str | None = Field(
         None, description="validation metric for early stopping (default: the task's, e.g. "
-        "auroc for binary, auroc_macro for multiclass/multilabel, recall@1 for contrastive)",
+        "auroc for binary, auroc_macro for multiclass/multilabel, recall@1 for retrieval)",
     )
     monitor_mode: Literal["max", "min"] = Field(
         "max", description="direction of a chosen monitor (the task's metric has its own)"

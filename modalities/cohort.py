@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -42,10 +42,12 @@ class CohortConfig(BaseModel):
     modalities: dict[str, ModalityEntry]
     id_column: str = "patient_id"
     labels: list[str] = Field(default_factory=lambda: ["label"])
-    # A registered task (fusion.tasks: binary, multiclass, multilabel, contrastive); the
+    # A registered task (fusion.tasks: binary, multiclass, multilabel, retrieval); the
     # task checks the label columns against its rules when it is looked up.
     task: str = "binary"
     classes: list[str] | None = None  # multiclass: class names in order (else 0..K-1 ints)
+    # retrieval: class prompts for zero-shot evaluation (checked by the task; docs/tasks.md)
+    zero_shot: dict[str, Any] | None = None
     split_column: str = "split"
     on_bad_input: Literal["drop_modality", "drop_patient"] = "drop_modality"
 

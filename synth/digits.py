@@ -6,14 +6,21 @@ digit clips made once with espeak-ng (``synth/make_spoken_digits.py``). Both mod
 degraded per sample so that neither alone is perfect, as in AV-MNIST (images with energy
 removed, audio mixed with noise), where fusion beats the best unimodal model:
 
-- image: the 8x8 digit upsampled (bilinear) to ``image_size``, shifted by up to 2 pixels,
-  with probability ``occlusion`` a black block of 30-60 % of the side pasted over it, plus
-  Gaussian noise (standard deviation ``image_noise`` on [0, 1]); 8-bit grey PNG;
+- image: the 8x8 digit upsampled (bilinear) to ``image_size``, drawn with a ``thin`` or
+  ``bold`` stroke (the blurred stroke's core only, or its edges lifted) on ``black`` or
+  ``grey`` (0.3) paper, half the time inside a printed box (a 1-pixel frame, as on a form),
+  shifted by up to 2 pixels, with probability ``occlusion`` a smudge (a flat 0.55 block,
+  30-60 % of the side) over it, plus Gaussian noise (standard deviation ``image_noise`` on
+  [0, 1]); 8-bit grey PNG. Stroke, paper, box and smudge are visible per-sample attributes
+  (1/2 each) that a small CNN with pooled features can see, named by the caption;
 - audio: a random clip of the digit (8 voices x 2 speeds), tape-speed changed by 0.9-1.1,
   gain -6..+6 dB, placed at a random time in a 1 s frame, mixed with white or pink noise at
   an SNR drawn from ``audio_snr`` (dB, measured over the speech); 8 kHz 16-bit mono WAV;
-- text: a caption naming the digit ("a handwritten seven"), for retrieval and zero-shot
-  use; it gives the label away, so the classification recipe leaves it out.
+- text: a caption naming the digit and describing its image's attributes ("a bold
+  handwritten seven on grey paper inside a box, partly covered by a smudge"), from
+  ``CAPTIONS``: it pairs with its own image, not just its class (instance-level retrieval),
+  and names the digit for zero-shot use; it gives the label away, so the classification
+  recipe leaves it out.
 
 ``task="vqa"``: image + question ("is it even?", "is it greater than five?", "is it a
 seven?" and each one's complement: "is it odd?", "is it five or less?", "is it not a
@@ -25,7 +32,7 @@ from the matching set: so P(yes | question) = 1/2 and P(yes | digit) = 1/2 by co
 Output (deterministic in the seed): ``images/*.png``, ``audio/*.wav`` (digits task),
 ``manifest.csv`` (``patient_id, image, audio, text, label, split``; VQA: no audio) with
 paths relative to ``out``, and ``samples.csv`` recording how each sample was made (digit,
-source index, voice, SNR, occlusion, question family) for tests and analysis.
+source index, stroke, paper, box, smudge, voice, SNR, question family) for tests and analysis.
 """
 
 from __future__ import annotations
@@ -46,12 +53,19 @@ CLIPS = Path(__file__).parent / "data" / "spoken_digits"
 RATE = 8000
 FRAME_SECONDS = 1.0
 SPLITS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+STROKES = ("thin", "bold")
+PAPERS = {"black": 0.0, "grey": 0.3}  # background level on [0, 1]
+BOX_LEVEL = 0.9  # the printed box of a form field
+SMUDGE_LEVEL = 0.55
+# {w} digit word, {stroke} thin/bold, {paper} black/grey, {box} and {block} from the phrases.
 CAPTIONS = (
-    "a handwritten {w}",
-    "the digit {w}, written by hand",
-    "a scanned handwritten {w}",
-    "a picture of the number {w}",
+    "a {stroke} handwritten {w} on {paper} paper{box}{block}",
+    "the digit {w}, written by hand with a {stroke} pen on {paper} paper{box}{block}",
+    "a scanned handwritten {w} in {stroke} strokes on {paper} paper{box}{block}",
+    "a picture of the number {w} in {stroke} lines on {paper} paper{box}{block}",
 )
+BOX_PHRASES = {True: " inside a box", False: ""}
+BLOCK_PHRASES = {True: ", partly covered by a smudge", False: ", fully visible"}
 Task = Literal["digits", "vqa"]
 
 
@@ -96,25 +110,46 @@ def spoken_clips() -> dict[int, list[tuple[str, np.ndarray]]]:
 # ---------------------------------------------------------------------------- image
 
 
+@dataclass(frozen=True)
+class ImageLook:
+    """The visible per-sample attributes of a digit image (named by its caption)."""
+
+    stroke: str
+    paper: str
+    boxed: bool
+    occluded: bool
+
+
 def degrade_image(
     img8: np.ndarray, rng: np.random.Generator, size: int, noise: float, occlusion: float
-) -> tuple[np.ndarray, bool]:
-    """8x8 digit -> (size, size) uint8 grey: upsample, shift, occlude, add noise."""
+) -> tuple[np.ndarray, ImageLook]:
+    """8x8 digit -> (size, size) uint8 grey: upsample, stroke, paper, box, shift, smudge,
+    noise."""
     from PIL import Image
 
     src = Image.fromarray(np.ascontiguousarray(img8, dtype=np.float32))  # mode "F"
     up = np.asarray(src.resize((size, size), Image.Resampling.BILINEAR))
+    stroke = STROKES[int(rng.integers(2))]
+    paper = tuple(PAPERS)[int(rng.integers(2))]
+    boxed = bool(rng.random() < 0.5)
+    if stroke == "bold":  # widen: lift the blurred edges of the stroke
+        up = np.clip(up * 1.5, 0.0, 1.0) ** 0.8
+    else:  # narrow: keep the stroke's core only
+        up = np.clip((up - 0.2) / 0.8, 0.0, 1.0)
     dy, dx = rng.integers(-2, 3, size=2)
-    x = np.zeros_like(up)
+    x = np.full_like(up, PAPERS[paper])
+    if boxed:  # a 1-pixel box one pixel inside the border
+        x[1, 1:-1] = x[-2, 1:-1] = x[1:-1, 1] = x[1:-1, -2] = BOX_LEVEL
     ys, xs = slice(max(0, dy), size + min(0, dy)), slice(max(0, dx), size + min(0, dx))
-    x[ys, xs] = up[max(0, -dy) : size - max(0, dy), max(0, -dx) : size - max(0, dx)]
+    x[ys, xs] = np.maximum(
+        x[ys, xs], up[max(0, -dy) : size - max(0, dy), max(0, -dx) : size - max(0, dx)])
     occluded = bool(rng.random() < occlusion)
     h, w = (rng.uniform(0.3, 0.6, size=2) * size).astype(int)
     top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
     if occluded:
-        x[top : top + h, left : left + w] = 0.0
+        x[top : top + h, left : left + w] = SMUDGE_LEVEL
     x = np.clip(x + rng.normal(0.0, noise, x.shape), 0.0, 1.0)
-    return (x * 255.0).round().astype(np.uint8), occluded
+    return (x * 255.0).round().astype(np.uint8), ImageLook(stroke, paper, boxed, occluded)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -124,6 +159,13 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", optimize=False)
     return buf.getvalue()
+
+
+def caption_for(digit: int, look: ImageLook, template: int) -> str:
+    """The caption ``CAPTIONS[template]`` for ``digit`` drawn as ``look``."""
+    return CAPTIONS[template].format(w=WORDS[digit], stroke=look.stroke, paper=look.paper,
+                                     box=BOX_PHRASES[look.boxed],
+                                     block=BLOCK_PHRASES[look.occluded])
 
 
 # ---------------------------------------------------------------------------- audio
@@ -283,16 +325,18 @@ def synth_digits(
         src = int(order[digit][used[digit] % len(order[digit])])
         used[digit] += 1
         sid = f"{task}-{i:05d}"
-        pixels, occluded = degrade_image(images[src], rng, image_size, image_noise, occlusion)
+        pixels, look = degrade_image(images[src], rng, image_size, image_noise, occlusion)
         (out / "images" / f"{sid}.png").write_bytes(png_bytes(pixels))
         row = {"patient_id": sid, "image": f"images/{sid}.png"}
-        info = {"patient_id": sid, "digit": digit, "source_index": src, "occluded": occluded}
+        info = {"patient_id": sid, "digit": digit, "source_index": src,
+                "stroke": look.stroke, "paper": look.paper, "boxed": look.boxed,
+                "occluded": look.occluded}
         if task == "digits":
             clips = spoken_clips()[digit]
             voice, clip = clips[int(rng.integers(len(clips)))]
             snr = float(audio_snr[int(rng.integers(len(audio_snr)))])
             (out / "audio" / f"{sid}.wav").write_bytes(wav_bytes(degrade_audio(clip, rng, snr)))
-            caption = CAPTIONS[int(rng.integers(len(CAPTIONS)))].format(w=WORDS[digit])
+            caption = caption_for(digit, look, int(rng.integers(len(CAPTIONS))))
             row |= {"audio": f"audio/{sid}.wav", "text": caption, "label": str(digit)}
             info |= {"voice": voice, "snr_db": snr}
         else:

@@ -4,7 +4,7 @@
 - ``thresholds``: decision-threshold rules chosen on validation data;
 - ``bootstrap``: percentile bootstrap CIs, vectorised over resamples;
 - ``subgroups``: per presence-pattern / subgroup metrics and the flat MLflow key layout;
-- ``retrieval``: Recall@K and median rank for the contrastive task.
+- ``retrieval``: Recall@K and median rank for the retrieval (contrastive) task.
 
 Which metrics a task reports is the task's decision: ``fusion.tasks.evaluate(task, ...)``
 (or ``get_task(name).evaluate``) gives a task's metrics; this package knows no task names

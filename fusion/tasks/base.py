@@ -33,6 +33,8 @@ class Task:
     monitor_mode: ClassVar[Literal["max", "min"]] = "max"
     # Outputs are per-row probabilities that batch scoring stores and drift tracks.
     scores: ClassVar[bool] = True
+    # The task reads ``cohort.zero_shot`` (class prompts for zero-shot evaluation).
+    zero_shot: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ cohort and labels
 
@@ -226,6 +228,9 @@ def get_task(task: str | Task) -> Task:
 def cohort_task(cfg: CohortConfig) -> Task:
     """The cohort's task, with its label columns checked (``ConfigError`` otherwise)."""
     task = get_task(cfg.task)
+    if cfg.zero_shot is not None and not task.zero_shot:
+        raise ConfigError(f"cohort.zero_shot is for the retrieval task, not {cfg.task!r}; "
+                          "remove it or set cohort.task: retrieval")
     task.check_cohort(cfg)
     return task
 

@@ -1,10 +1,13 @@
-"""Contrastive (CLIP-style) retrieval: align two or more modality towers with InfoNCE.
+"""Retrieval (CLIP-style contrastive learning): align two or more towers with InfoNCE.
 
-No labels: the pairing of a patient's modalities is the supervision. The model's output per
-row is one normalised embedding per tower (``ContrastiveHead``'s ``embeddings``); the
-metrics are Recall@1/5/10 and the median rank of the true partner among the held-out split,
-for every ordered modality pair (image->text, text->image, ...), plus their means.
-Early stopping watches the mean Recall@1.
+The recipe's task is ``retrieval``; ``contrastive`` (its earlier name) is an alias of the
+same class. No labels: the pairing of a patient's modalities is the supervision. The
+model's output per row is one normalised embedding per tower (``ContrastiveHead``'s
+``embeddings``); the metrics are Recall@1/5/10 and the median rank of the true partner
+among the held-out split, for every ordered modality pair (image->text, text->image, ...),
+plus their means.
+Early stopping watches the mean Recall@1. With ``cohort.zero_shot`` the label column is
+parsed for zero-shot evaluation only (``fusion.zero_shot``); training never reads it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from fusion.metrics import RECALL_AT, MetricFn, retrieval_metrics
 from fusion.tasks.base import Task, register_task, with_presence
+from fusion.zero_shot import check_zero_shot, zero_shot_labels
 from modalities.cohort import CohortConfig
 from modalities.errors import ConfigError
 
@@ -51,19 +55,25 @@ _NO_SCORES = (
 )
 
 
-@register_task("contrastive")
+@register_task("retrieval")
+@register_task("contrastive")  # the earlier name: recipes that use it keep working
 class ContrastiveTask(Task):
     """Towers: every modality of the model (or the head's ``towers``/``pair`` option)."""
 
     head = "contrastive"
     monitor = "recall@1"
     scores = False
+    zero_shot = True
+
+    def check_cohort(self, cfg: CohortConfig) -> None:
+        check_zero_shot(cfg)
 
     def label_columns(self, cfg: CohortConfig) -> list[str]:
-        return []  # label columns of the recipe, if any, are ignored
+        return []  # training reads no label (zero-shot evaluation reads cohort.labels)
 
     def parse_labels(self, row: Mapping[str, str], cfg: CohortConfig) -> list[float] | None:
-        return None
+        """None (labels ignored), or with ``cohort.zero_shot`` the label's class index."""
+        return zero_shot_labels(row, cfg)
 
     def label_array(self, rows: pd.DataFrame, cfg: CohortConfig) -> np.ndarray | None:
         return None

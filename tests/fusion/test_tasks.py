@@ -39,6 +39,8 @@ CASES: dict[str, dict[str, Any]] = {
     "contrastive": {"labels": [], "good": {"y": "1"}, "parsed": None, "bad": None, "y": None,
                     "shape": (2,)},  # (towers, proj_dim) checked below
 }
+CASES["retrieval"] = CASES["contrastive"]  # one class under two names
+EMBEDS = ("contrastive", "retrieval")
 
 
 def _cohort(task: str) -> CohortConfig:
@@ -49,7 +51,7 @@ def _cohort(task: str) -> CohortConfig:
 
 def _model(task: str):
     t, cfg = get_task(task), _cohort(task)
-    opts = t.head_options(cfg, {"proj_dim": 4} if task == "contrastive" else {}, CASES[task]["y"],
+    opts = t.head_options(cfg, {"proj_dim": 4} if task in EMBEDS else {}, CASES[task]["y"],
                           True)
     mcfg = ModelConfig(d_model=16, dropout=0.0, head=HeadConfig(name=t.head, options=opts))
     return build_model(mcfg, make_encoders(["a", "c"]))
@@ -90,7 +92,7 @@ def test_head_outputs_decisions_columns_and_metrics(task: str) -> None:
     assert torch.isfinite(out["loss"])
     rows = t.outputs(out).numpy()
     assert rows.shape[0] == B and rows.shape[1:2] == c["shape"][:1]
-    if task == "contrastive":  # embeddings: one unit vector per tower
+    if task in EMBEDS:  # embeddings: one unit vector per tower
         assert np.allclose(np.linalg.norm(rows, axis=-1), 1.0, atol=1e-5)
         with pytest.raises(ConfigError, match="embeddings"):
             t.probability_columns(None, 2)

@@ -25,6 +25,8 @@ from modalities.ingest import ingest_manifest
 from synth.digits import (
     CLIPS,
     WORDS,
+    ImageLook,
+    caption_for,
     degrade_audio,
     spoken_clips,
     synth_digits,
@@ -77,6 +79,54 @@ def test_manifest_columns_classes_balanced_and_stratified(digits: Path) -> None:
         assert splits["train"] == 4 and splits["val"] + splits["test"] == 1
     for r in rows:  # the caption names the digit (retrieval text, not clinical)
         assert WORDS[int(r["label"])] in re.findall(r"[a-z]+", r["text"])
+
+
+def test_captions_describe_the_visible_attributes_of_their_own_image(digits: Path) -> None:
+    rows, meta = _rows(digits / "manifest.csv"), _rows(digits / "samples.csv")
+    assert list(meta[0]) == ["patient_id", "digit", "source_index", "stroke", "paper", "boxed",
+                             "occluded", "voice", "snr_db"]
+    for r, m in zip(rows, meta, strict=True):
+        words = re.findall(r"[a-z]+", r["text"])
+        assert m["stroke"] in words and m["paper"] in words and m["digit"] == r["label"]
+        assert ("box" in words) == (m["boxed"] == "True")
+        assert ("smudge" in words) == (m["occluded"] == "True")
+    for column in ("stroke", "paper", "boxed", "occluded"):  # every attribute takes both values
+        assert len({m[column] for m in meta}) == 2
+    # Captions single out instances: far more distinct captions than digits.
+    assert len({r["text"] for r in rows}) > 30
+    assert {caption_for(3, ImageLook("bold", "grey", True, True), t) for t in range(4)} == {
+        "a bold handwritten three on grey paper inside a box, partly covered by a smudge",
+        "the digit three, written by hand with a bold pen on grey paper inside a box, partly "
+        "covered by a smudge",
+        "a scanned handwritten three in bold strokes on grey paper inside a box, partly "
+        "covered by a smudge",
+        "a picture of the number three in bold lines on grey paper inside a box, partly "
+        "covered by a smudge",
+    }
+    assert caption_for(0, ImageLook("thin", "black", False, False), 0) == (
+        "a thin handwritten zero on black paper, fully visible")
+
+
+def test_stroke_paper_box_and_smudge_are_visible_in_the_pixels(tmp_path: Path) -> None:
+    synth_digits(tmp_path, n=200, seed=1, image_noise=0.0, occlusion=0.5)
+    meta = _rows(tmp_path / "samples.csv")
+    px = [read_image((tmp_path / f"images/{m['patient_id']}.png").read_bytes()).pixels[0]
+          for m in meta]
+    stroke = np.array([m["stroke"] for m in meta])
+    paper = np.array([m["paper"] for m in meta])
+    boxed = np.array([m["boxed"] == "True" for m in meta])
+    occluded = np.array([m["occluded"] == "True" for m in meta])
+    corner = np.array([p[0, 0] for p in px])  # outside the box, never under a stroke
+    assert np.allclose(corner[~occluded & (paper == "black")], 0.0, atol=0.003)
+    assert np.allclose(corner[~occluded & (paper == "grey")], 0.3, atol=0.003)
+    ring = np.array([np.mean(np.r_[p[1, 1:-1], p[-2, 1:-1], p[1:-1, 1], p[1:-1, -2]] > 0.85)
+                     for p in px])  # share of the box's pixels lit
+    assert ring[~occluded & boxed].min() == 1.0 and ring[~occluded & ~boxed].max() < 0.5
+    lit = np.array([(p > 0.6).mean() for p in px])
+    plain = ~boxed & ~occluded
+    assert lit[plain & (stroke == "bold")].mean() > 1.4 * lit[plain & (stroke == "thin")].mean()
+    smudge = np.array([np.isclose(p, 0.55, atol=0.003).mean() for p in px])
+    assert smudge[~occluded].max() < 0.02 < smudge[occluded].min()
 
 
 def test_sources_are_real_digits_of_the_label(digits: Path) -> None:
