@@ -3,7 +3,7 @@
 ``clinfuse synth --task vqa`` pairs a digit image with one of 38 yes/no questions that come
 in complementary pairs, so P(yes | question) = P(yes | digit) = 1/2: the image alone and
 the question alone carry no information about the answer (docs/tasks.md, "VQA variant").
-The recipe ``digits_vqa`` (bilinear fusion of a tiny CNN and the frozen MiniLM) must learn
+The recipe ``digits_vqa`` (bilinear fusion of a small CNN and the frozen MiniLM) must learn
 the answer from both, end to end; the unimodal baselines must stay at chance.
 """
 
@@ -45,9 +45,10 @@ def test_fusion_answers_well_above_chance(vqa_run: dict) -> None:
     assert set(vqa_run) == {"bilinear", "unimodal_image", "unimodal_text"}, _table(vqa_run)
     fused = vqa_run["bilinear"]
     assert fused["n_test"] == 300, _table(vqa_run)
-    # Measured 0.77-0.80 (CI lower bound 0.72-0.75) over synth seeds (docs/tasks.md).
-    assert fused["auroc_ci_low"] >= 0.65, _table(vqa_run)
-    assert fused["accuracy"] >= 0.6, _table(vqa_run)
+    # Measured AUROC 0.804 [0.756, 0.853] (seed 0) and 0.841 [0.790, 0.884] (seed 1), accuracy
+    # 0.72 / 0.76 (docs/tasks.md, "VQA: results").
+    assert fused["auroc_ci_low"] >= 0.70, _table(vqa_run)
+    assert fused["accuracy"] >= 0.65, _table(vqa_run)
 
 
 def test_each_modality_alone_stays_at_chance(vqa_run: dict) -> None:
