@@ -19,7 +19,7 @@ from fusion import (
 from modalities.errors import ConfigError, UnknownNameError
 
 # The one hard-coded list: a strategy whose module fails to register must fail this test.
-EXPECTED_FUSIONS = ["bottleneck", "concat", "cross_attention", "early", "gated", "late"]
+EXPECTED_FUSIONS = ["bilinear", "bottleneck", "concat", "cross_attention", "early", "gated", "late"]
 FUSIONS = builtin_fusion_names()  # every other test parametrizes over the registry
 SETS = [["a", "b"], ["a", "b", "c"]]
 ATTENTION = {"cross_attention", "bottleneck", "early"}

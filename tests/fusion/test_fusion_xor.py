@@ -14,7 +14,7 @@ from fusion_toys import IdTokens, VectorTokens
 from fusion import FusionConfig, HeadConfig, ModelConfig, build_model
 
 N_A, F_A, N_B, VOCAB = 5, 6, 6, 20
-FUSION = ["concat", "gated", "cross_attention", "bottleneck", "early"]
+FUSION = ["concat", "gated", "bilinear", "cross_attention", "bottleneck", "early"]
 
 
 def xor_data(n: int, seed: int) -> tuple[dict, dict, torch.Tensor]:
