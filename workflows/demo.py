@@ -127,6 +127,11 @@ def run_digits_demo(
     from workflows.progress import reporter
 
     ensure_server()
+    import torch
+
+    # Tiny inputs and encoders: one intra-op thread is faster than one per core, and far
+    # faster on a busy machine (the recipe's train.threads does the same for training).
+    torch.set_num_threads(1)
     rep = reporter()
     rep.start("demo", "demo stages", 5)
     results: dict[str, Any] = {}
