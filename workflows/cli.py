@@ -514,7 +514,7 @@ def demo(
         int | None,
         typer.Option("--patients", "--samples",
                      help="Synthetic patients (clinical: 320, 48 tested) or samples (digits: "
-                          "2000, 300 tested)."),
+                          "3000, 450 tested)."),
     ] = None,
     seed: int = 0,
     progress: ProgressOpt = None,
