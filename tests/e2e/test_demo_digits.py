@@ -38,3 +38,5 @@ def test_digits_demo_fusion_beats_each_modality(tmp_path: Path) -> None:
     pred = pd.read_parquet(tmp_path / "predictions" / "predictions.parquet")
     cohort = pd.read_parquet(tmp_path / "prepared" / "cohort.parquet")
     assert len(pred) == len(cohort) and pred["patient"].isin(cohort["patient"]).all()
+    probs = pred[[f"probability_{d}" for d in range(10)]].to_numpy()  # one per class
+    assert abs(probs.sum(1) - 1).max() < 1e-4 and (probs.argmax(1) == pred["prediction"]).all()
