@@ -86,6 +86,10 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    threads: int | None = Field(
+        None, ge=1, description="intra-op CPU threads while training (None: torch's default, "
+        "one per core); small models train up to 10x faster with 1 on a busy 2-core machine",
+    )
     class_weighting: bool = Field(True, description="weight the loss by inverse prevalence")
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     threshold_rule: str = Field("youden", description="how the decision threshold is chosen")
@@ -280,6 +284,8 @@ def fit(
     the same best weights and stops at the same epoch.
     """
     t_start = time.perf_counter()
+    if cfg.threads:  # process-wide: the training process (or worker) is this loop's
+        torch.set_num_threads(cfg.threads)
     task = get_task(task)
     monitor = monitored(cfg, task)
     device = resolve_device(cfg.device)

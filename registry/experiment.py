@@ -292,10 +292,16 @@ def _promote_challenger(runs: list[VariantRun], register: str | None, uri: str) 
 
 def _variant_records(runs: list[VariantRun]) -> list[dict[str, Any]]:
     """One summary row per variant (no PHI): names, test metrics with CIs, version."""
-    keys = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "accuracy", "brier", "ece")
+    keys = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "accuracy", "accuracy_ci_low",
+            "accuracy_ci_high", "brier", "ece")
+
+    def value(m: dict[str, float], k: str) -> Any:
+        # Multiclass/multilabel name their AUROC auroc_macro (mean one-vs-rest): report it.
+        return m.get(k, m.get(k.replace("auroc", "auroc_macro", 1)))
+
     return [{"variant": r.name, "fusion": r.fusion, "modalities": "+".join(r.modalities),
              "n_test": r.test_metrics.get("n"),
-             **{k: r.test_metrics.get(k) for k in keys}, "run_id": r.run_id,
+             **{k: value(r.test_metrics, k) for k in keys}, "run_id": r.run_id,
              "version": r.version,
              "warning": warning_text(reliability_warnings(r.test_metrics.get("n"),
                                                           ci_pairs(r.test_metrics)))}

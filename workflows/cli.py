@@ -519,30 +519,42 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(
         "demo-workdir"
     ),
-    patients: Annotated[int, typer.Option(help="Synthetic patients (320: 48 tested).")] = 320,
+    task: Annotated[str, typer.Option(
+        help="clinical (CT + note, XOR label) or digits (handwritten + spoken digits, "
+             "10 classes).")] = "clinical",
+    patients: Annotated[
+        int | None,
+        typer.Option("--patients", "--samples",
+                     help="Synthetic patients (clinical: 320, 48 tested) or samples (digits: "
+                          "3000, 450 tested)."),
+    ] = None,
     seed: int = 0,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """End to end on embedded defaults: synth -> ingest -> train -> compare -> score."""
+    from modalities.errors import UnknownNameError
     from workflows import checks
+    from workflows.demo import DEMO_TASKS, DIGITS_SAMPLES, run_demo, run_digits_demo
 
-    # Fewer patients leave a split empty (70/15/15 of the good ones; 4 more are bad inputs).
-    checks.at_least("--patients", patients, DEMO_MIN_PATIENTS)
-    from workflows.demo import run_demo
-
+    if task not in DEMO_TASKS:
+        raise UnknownNameError("demo task", task, list(DEMO_TASKS))
+    # Fewer rows leave a split empty (70/15/15; the clinical demo adds 4 bad inputs).
+    checks.at_least("--samples" if task == "digits" else "--patients", patients,
+                    DEMO_MIN_DIGITS if task == "digits" else DEMO_MIN_PATIENTS)
+    console = Console(stderr=True) if as_json else Console()
     with _stdout_for(as_json), _progress(progress, as_json):
-        results = run_demo(
-            workdir,
-            patients=patients,
-            seed=seed,
-            console=Console(stderr=True) if as_json else Console(),
-        )
+        if task == "digits":
+            results = run_digits_demo(workdir, samples=patients or DIGITS_SAMPLES, seed=seed,
+                                      console=console)
+        else:
+            results = run_demo(workdir, patients=patients or 320, seed=seed, console=console)
     if as_json:
         _emit(results, True, "demo")
 
 
 DEMO_MIN_PATIENTS = 20
+DEMO_MIN_DIGITS = 100  # 10 per class: every split holds each digit
 
 
 @app.command(name="configs")

@@ -226,6 +226,8 @@ def test_ingest_user_errors_fail_fast(tmp_path: Path) -> None:
         (["synth", "x", "--patients", "0"], "--patients must be >= 1 (got 0)"),
         (["synth", "x", "--bad-inputs", "-1"], "--bad-inputs must be >= 0"),
         (["demo", "--patients", "5"], "--patients must be >= 20"),
+        (["demo", "--task", "nope"], "unknown demo task 'nope'; valid names: clinical, digits"),
+        (["demo", "--task", "digits", "--samples", "50"], "--samples must be >= 100"),
         (["serve", "--set", "serve.timezone=Mars/Olympus"], "unknown time zone"),
         (["compare", "--workdir", "WORK"], "no MLflow store at"),
         (["index", "nope-dir", "--out", "m.csv"], "DICOM root"),
