@@ -27,7 +27,8 @@ seven?" and each one's complement: "is it odd?", "is it five or less?", "is it n
 seven?"), label yes/no. For every question family and parameter the question and its
 complement are equally likely, and the answer is yes half the time, with the digit drawn
 from the matching set: so P(yes | question) = 1/2 and P(yes | digit) = 1/2 by construction
--- each modality alone is at chance, the answer needs both.
+-- each modality alone is at chance, the answer needs both. VQA images have no looks (plain
+stroke, black paper, no box), no smudge and less noise by default (``IMAGE_DEFAULTS``).
 
 Output (deterministic in the seed): ``images/*.png``, ``audio/*.wav`` (digits task),
 ``manifest.csv`` (``patient_id, image, audio, text, label, split``; VQA: no audio) with
@@ -53,6 +54,9 @@ CLIPS = Path(__file__).parent / "data" / "spoken_digits"
 RATE = 8000
 FRAME_SECONDS = 1.0
 SPLITS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+# (image_noise, occlusion) by task: VQA's images are clean (the digit must be readable for
+# the answer to be learnable from 2,000 samples; docs/tasks.md "VQA: results").
+IMAGE_DEFAULTS = {"digits": (0.25, 0.5), "vqa": (0.1, 0.0)}
 STROKES = ("thin", "bold")
 PAPERS = {"black": 0.0, "grey": 0.3}  # background level on [0, 1]
 BOX_LEVEL = 0.9  # the printed box of a form field
@@ -121,20 +125,25 @@ class ImageLook:
 
 
 def degrade_image(
-    img8: np.ndarray, rng: np.random.Generator, size: int, noise: float, occlusion: float
+    img8: np.ndarray, rng: np.random.Generator, size: int, noise: float, occlusion: float,
+    looks: bool = True,
 ) -> tuple[np.ndarray, ImageLook]:
     """8x8 digit -> (size, size) uint8 grey: upsample, stroke, paper, box, shift, smudge,
-    noise."""
+    noise. ``looks=False`` (VQA: no caption names them) keeps the plain stroke on black
+    paper without a box and draws no look at random."""
     from PIL import Image
 
     src = Image.fromarray(np.ascontiguousarray(img8, dtype=np.float32))  # mode "F"
     up = np.asarray(src.resize((size, size), Image.Resampling.BILINEAR))
-    stroke = STROKES[int(rng.integers(2))]
-    paper = tuple(PAPERS)[int(rng.integers(2))]
-    boxed = bool(rng.random() < 0.5)
+    if looks:
+        stroke = STROKES[int(rng.integers(2))]
+        paper = tuple(PAPERS)[int(rng.integers(2))]
+        boxed = bool(rng.random() < 0.5)
+    else:
+        stroke, paper, boxed = "plain", "black", False
     if stroke == "bold":  # widen: lift the blurred edges of the stroke
         up = np.clip(up * 1.5, 0.0, 1.0) ** 0.8
-    else:  # narrow: keep the stroke's core only
+    elif stroke == "thin":  # narrow: keep the stroke's core only
         up = np.clip((up - 0.2) / 0.8, 0.0, 1.0)
     dy, dx = rng.integers(-2, 3, size=2)
     x = np.full_like(up, PAPERS[paper])
@@ -215,7 +224,8 @@ def wav_bytes(x: np.ndarray, rate: int = RATE) -> bytes:
 
 
 def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+    """English article by sound: "an eight", "a one" (of the digit words only "eight")."""
+    return "an" if word == "eight" else "a"
 
 
 def vqa_questions() -> list[tuple[str, str, frozenset[int]]]:
@@ -294,15 +304,23 @@ def synth_digits(
     seed: int = 0,
     task: Task = "digits",
     image_size: int = 28,
-    image_noise: float = 0.25,
-    occlusion: float = 0.5,
+    image_noise: float | None = None,
+    occlusion: float | None = None,
     audio_snr: tuple[float, ...] = (-12.0, -6.0, 0.0, 6.0),
 ) -> DigitsResult:
-    """Write ``n`` samples of ``task`` into ``out`` (see the module docstring)."""
+    """Write ``n`` samples of ``task`` into ``out`` (see the module docstring).
+
+    ``image_noise`` and ``occlusion`` default per task (``IMAGE_DEFAULTS``): the digits
+    task degrades both modalities so that each alone is imperfect; VQA keeps the image
+    clean, since the question already makes each modality alone useless.
+    """
     from modalities.errors import ConfigError, UnknownNameError
 
     if task not in ("digits", "vqa"):
         raise UnknownNameError("digits task", task, ["digits", "vqa"])
+    default_noise, default_occlusion = IMAGE_DEFAULTS[task]
+    image_noise = default_noise if image_noise is None else image_noise
+    occlusion = default_occlusion if occlusion is None else occlusion
     if n < 1 or image_size < 8 or image_noise < 0 or not 0 <= occlusion <= 1 or not audio_snr:
         raise ConfigError("synth: need samples >= 1, image size >= 8, image noise >= 0, "
                           "0 <= occlusion <= 1 and at least one audio SNR level")
@@ -325,7 +343,8 @@ def synth_digits(
         src = int(order[digit][used[digit] % len(order[digit])])
         used[digit] += 1
         sid = f"{task}-{i:05d}"
-        pixels, look = degrade_image(images[src], rng, image_size, image_noise, occlusion)
+        pixels, look = degrade_image(images[src], rng, image_size, image_noise, occlusion,
+                                     looks=task == "digits")
         (out / "images" / f"{sid}.png").write_bytes(png_bytes(pixels))
         row = {"patient_id": sid, "image": f"images/{sid}.png"}
         info = {"patient_id": sid, "digit": digit, "source_index": src,

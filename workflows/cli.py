@@ -153,10 +153,10 @@ def synth(
         str, typer.Option(help="Comma-separated modalities to write (ct,mri,note).")
     ] = "ct,mri,note",
     image_noise: Annotated[
-        float | None, typer.Option(help="digits/vqa: image noise SD on [0, 1] (0.25).")
+        float | None, typer.Option(help="image noise SD on [0, 1] (digits 0.25, vqa 0.1).")
     ] = None,
     occlusion: Annotated[
-        float | None, typer.Option(help="digits/vqa: share of images with a block (0.5).")
+        float | None, typer.Option(help="share of images with a smudge (digits 0.5, vqa 0).")
     ] = None,
     audio_snr: Annotated[
         str | None, typer.Option(help="digits: SNR levels in dB, e.g. =-12,-6,0,6.")

@@ -18,8 +18,7 @@ from tests.e2e.conftest import clinfuse
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 SAMPLES = 2000  # 1400 train / 300 val / 300 test
-SYNTH = ["--task", "vqa", "--samples", str(SAMPLES), "--seed", "1",
-         "--occlusion", "0", "--image-noise", "0.1"]
+SYNTH = ["--task", "vqa", "--samples", str(SAMPLES), "--seed", "1"]  # VQA defaults: clean images
 
 
 @pytest.fixture(scope="module")

@@ -222,6 +222,20 @@ def test_vqa_manifest(vqa: Path) -> None:
     assert not (vqa / "audio").exists()
 
 
+def test_vqa_images_are_clean_by_default_and_questions_read_as_english(vqa: Path) -> None:
+    meta = _rows(vqa / "samples.csv")
+    # No caption names a look, so VQA draws none: plain stroke, black paper, no box, no
+    # smudge (its default occlusion is 0).
+    assert {(m["stroke"], m["paper"], m["boxed"], m["occluded"]) for m in meta} == {
+        ("plain", "black", "False", "False")}
+    pixels = np.stack([np.asarray(Image.open(vqa / r["image"]), dtype=float) / 255.0
+                       for r in _rows(vqa / "manifest.csv")])
+    assert np.median(pixels) < 0.2  # black paper with noise SD 0.1, not grey paper
+    questions = {q for _, q, _ in vqa_questions()}
+    assert "is it a one?" in questions and "is it an eight?" in questions
+    assert not any(" an one" in q or " a eight" in q for q in questions)
+
+
 def test_in_process_ingest_accepts_every_row_and_keeps_the_text(
     digits: Path, vqa: Path, tmp_path: Path
 ) -> None:
