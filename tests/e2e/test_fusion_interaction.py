@@ -7,7 +7,9 @@ series and the note text end to end (the encoders train from these inputs, the n
 the frozen MiniLM); the unimodal baselines and late fusion (a sum of per-modality
 decisions) cannot, by construction, and must stay near chance. This is the test the
 toy-tensor XOR test in tests/fusion could not be: it exercises pooling, normalisation,
-optimisation and early stopping on real inputs.
+optimisation and early stopping on real inputs. The demo test (tests/e2e/test_demo.py)
+checks concat, cross_attention and the unimodal baselines on the demo's interaction cohort;
+this one checks gated, bottleneck, early and late fusion.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from tests.e2e.conftest import clinfuse
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 PATIENTS = 320
-INTERMEDIATE = ["concat", "gated", "cross_attention", "bottleneck", "early"]
-CHANCE = ["unimodal_ct", "unimodal_note", "late"]
+# concat and cross_attention, and both unimodal baselines, are trained on the same kind of
+# cohort by `clinfuse demo` (tests/e2e/test_demo.py asserts the same of them): training
+# each variant once keeps CI within its time budget.
+INTERMEDIATE = ["gated", "bottleneck", "early"]
+CHANCE = ["late"]
 
 
 def test_intermediate_fusion_learns_an_interaction_that_no_modality_shows(
@@ -37,7 +42,7 @@ def test_intermediate_fusion_learns_an_interaction_that_no_modality_shows(
              "--modalities", "ct,note", **run)
     fusions = [a for f in [*INTERMEDIATE, "late"] for a in ("--fusion", f)]
     res = clinfuse("train", str(prepared), "--config", "tiny", "--modalities", "ct,note",
-                   *fusions, "--baselines", "--experiment", "interaction",
+                   *fusions, "--experiment", "interaction",
                    "--workdir", str(tmp_path), "--json", **run)
     variants = {v["variant"]: v for v in json.loads(res.stdout)["variants"]}
     assert set(variants) == {*INTERMEDIATE, *CHANCE}
