@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fusion.train import TrainConfig
-from workflows.config import load_config
+from tests.model_recipes import load_recipe
 
 
 def test_threads_defaults_to_torchs_choice_and_rejects_zero() -> None:
@@ -17,7 +17,7 @@ def test_threads_defaults_to_torchs_choice_and_rejects_zero() -> None:
 
 
 def test_digits_recipe_trains_on_one_thread() -> None:
-    assert load_config("digits").train.threads == 1
+    assert load_recipe("digits").train.threads == 1
 
 
 def test_fit_sets_the_thread_count_first(monkeypatch: pytest.MonkeyPatch) -> None:
