@@ -2,7 +2,7 @@
 export, top-k neighbours of the scored cohort, resume, PostgreSQL, and the pyfunc outputs.
 
 The model is an untrained contrastive model over two tabular towers (the outputs' shape and
-bookkeeping do not depend on training; tests/e2e/test_retrieval_serving.py trains one).
+bookkeeping do not depend on training; tests/e2e/test_retrieval_digits.py trains one).
 """
 
 from __future__ import annotations
