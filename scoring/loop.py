@@ -51,6 +51,7 @@ from scoring.retrieval import (
     embedding_arrays,
     embedding_columns,
     export_retrieval,
+    zero_shot_prompts,
 )
 from scoring.stores import PredictionStore, open_store
 
@@ -243,7 +244,8 @@ def score_into(
     if predictor.towers is not None:
         dim = int(np.shape(predictor.prior)[-1])
         dist, extras = export_retrieval(rows, todo.current, predictor.towers, dim, exports,
-                                        top_k, model_name, model_version)
+                                        top_k, model_name, model_version,
+                                        zero_shot_prompts(predictor))
         drifted = _presence_only(mods, todo) | {"skipped": DRIFT_SKIPPED}
     else:
         stats = distribution(rows, todo.current, out_cols, predictor.task,

@@ -18,13 +18,23 @@ lacks that tower), and after the last batch writes two files next to
   size)`` rows per query and pair; ties are broken by the neighbour's pseudonym, so the file
   depends only on the stored embeddings (a resumed run writes the same rows).
 
-Both hold pseudonyms only. Memory: the current embeddings of the version are held once
+- ``zero_shot.parquet`` (only when the model's recipe has ``cohort.zero_shot``): the
+  class prompts are embedded once by the model's text tower (``fusion.zero_shot``, the same
+  code training evaluates with) and every other tower's embedding is given its nearest
+  class: ``patient``, ``tower``, ``prediction`` (the label value), ``similarity`` (cosine
+  to that class's prompt, float32), one ``probability_<class>`` column per class (softmax
+  of the cosines at the model's learned temperature, as CLIP does), ``model_name``,
+  ``model_version``. One row per (patient, tower) with an embedding, sorted like the
+  export.
+
+All hold pseudonyms only. Memory: the current embeddings of the version are held once
 (patients x towers x dim float32: 100,000 patients x 2 towers x 128 dims is 100 MB) and the
 similarities are computed in blocks of ``BLOCK`` queries (``BLOCK`` x gallery floats).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +44,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fusion.data import collate_samples
 from fusion.tasks.contrastive import embedding_column
+from fusion.zero_shot import prompt_embeddings, text_tower, zero_shot_config
 from modalities.cache import atomic_write
 from scoring.errors import ScoringError
 
 EMBEDDINGS_FILE = "embeddings.parquet"
 NEIGHBOURS_FILE = "neighbours.parquet"
+ZERO_SHOT_FILE = "zero_shot.parquet"
 DEFAULT_TOP_K = 5
 BLOCK = 512  # queries per similarity block: BLOCK x gallery float32 at a time
 DRIFT_SKIPPED = (
@@ -226,6 +239,66 @@ def embeddings_table(emb: Embeddings, model_name: str, model_version: str) -> pa
     }).replace_schema_metadata(meta)
 
 
+@dataclass(frozen=True)
+class ZeroShotPrompts:
+    """Class prompts embedded by a retrieval model's text tower (``cohort.zero_shot``)."""
+
+    text: str  # the tower that embedded them (its own rows are not classified)
+    classes: list[str]  # label values, in class-index order
+    embeddings: np.ndarray  # (K, D) unit vectors
+    scale: float  # the model's learned logit scale (softmax temperature)
+
+
+def zero_shot_prompts(predictor: Any) -> ZeroShotPrompts | None:
+    """The prompts of a retrieval ``fusion.predictor.Predictor`` whose recipe sets
+    ``cohort.zero_shot`` and whose model has that text tower; None otherwise."""
+    zs = zero_shot_config(predictor.cohort)
+    if zs is None or predictor.towers is None:
+        return None
+    tower = text_tower(predictor.cohort, zs)
+    if tower not in predictor.towers:
+        return None
+    head = predictor.model.head
+    emb = prompt_embeddings(
+        predictor.model, tower, zs.prompts(), predictor.mods,
+        lambda items: collate_samples(items, predictor.mods, predictor.task_rules),
+        predictor.device, predictor.task_rules)
+    scale = float(head.logit_scale.detach().clamp(max=np.log(100.0)).exp())
+    return ZeroShotPrompts(tower, list(zs.class_words()), emb, scale)
+
+
+def zero_shot_table(emb: Embeddings, zs: ZeroShotPrompts, model_name: str,
+                    model_version: str) -> pa.Table:
+    """Nearest class prompt, its cosine and the class probabilities per (patient, tower)."""
+    pats: list[str] = []
+    towers: list[str] = []
+    sims: list[np.ndarray] = []
+    for k, t in enumerate(emb.towers):
+        if t == zs.text:
+            continue
+        m = emb.present(k)
+        pats += [p for p, keep in zip(emb.patients, m, strict=True) if keep]
+        towers += [t] * int(m.sum())
+        sims.append(_unit(emb.values[m, k]) @ zs.embeddings.T.astype(np.float32))
+    cos = np.concatenate(sims) if sims else np.zeros((0, len(zs.classes)), np.float32)
+    logits = zs.scale * cos
+    prob = np.exp(logits - logits.max(1, keepdims=True)) if len(cos) else cos
+    prob = prob / prob.sum(1, keepdims=True) if len(cos) else prob
+    best = cos.argmax(1) if len(cos) else np.zeros(0, int)
+    n = len(pats)
+    cols: dict[str, pa.Array] = {
+        "patient": pa.array(pats, pa.string()),
+        "tower": pa.array(towers, pa.string()),
+        "prediction": pa.array([zs.classes[i] for i in best], pa.string()),
+        "similarity": pa.array(cos[np.arange(n), best] if n else [], pa.float32()),
+    }
+    for j, c in enumerate(zs.classes):
+        cols[f"probability_{c}"] = pa.array(prob[:, j] if n else [], pa.float32())
+    cols["model_name"] = pa.array([model_name] * n, pa.string())
+    cols["model_version"] = pa.array([model_version] * n, pa.string())
+    return pa.table(cols)
+
+
 def write_table(table: pa.Table, path: Path) -> None:
     """Write ``path`` atomically (a reader sees the old file or the new one)."""
     try:
@@ -239,9 +312,11 @@ def write_table(table: pa.Table, path: Path) -> None:
 def export_retrieval(
     rows: Iterable[pa.Table], current: set[tuple[str, str]], towers: Sequence[str],
     dim: int, out: Path | None, k: int, model_name: str, model_version: str,
+    zero_shot: ZeroShotPrompts | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read the version's current embeddings, write the export and the neighbours under
-    ``out`` (when given); return the summary's ``distribution`` and ``extras``."""
+    """Read the version's current embeddings, write the export, the neighbours and (with
+    ``zero_shot``) the zero-shot classes under ``out`` (when given); return the summary's
+    ``distribution`` and ``extras``."""
     emb = read_embeddings(rows, current, towers, dim)
     neighbours, recall = neighbours_table(emb, k, model_name, model_version)
     distribution: dict[str, Any] = {
@@ -255,4 +330,14 @@ def export_retrieval(
         write_table(neighbours, out / NEIGHBOURS_FILE)
         extras |= {"embeddings_path": str(out / EMBEDDINGS_FILE),
                    "neighbours_path": str(out / NEIGHBOURS_FILE)}
+    if zero_shot is not None:
+        table = zero_shot_table(emb, zero_shot, model_name, model_version)
+        counts = Counter(table.column("prediction").to_pylist())
+        distribution["zero_shot"] = {"classes": zero_shot.classes, "text": zero_shot.text,
+                                     "predicted": {c: counts.get(c, 0)
+                                                   for c in zero_shot.classes}}
+        extras["zero_shot_rows"] = table.num_rows
+        if out is not None:
+            write_table(table, out / ZERO_SHOT_FILE)
+            extras["zero_shot_path"] = str(out / ZERO_SHOT_FILE)
     return distribution, extras

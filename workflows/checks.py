@@ -115,6 +115,7 @@ def train(prepared: Path, cfg: Any, fusions: list[str], baselines: bool) -> dict
     """Everything ``clinfuse train`` can know before a run: returns the split sizes."""
     from fusion.data import PreparedCohort
     from fusion.experiment import plan_variants, split_cohort
+    from fusion.tasks import cohort_task
     from modalities.cohort_table import CohortTable
 
     prepared_folder(prepared)
@@ -127,6 +128,10 @@ def train(prepared: Path, cfg: Any, fusions: list[str], baselines: bool) -> dict
             f"{prepared} was prepared without modality(ies) {', '.join(missing)}; train with "
             f"--modalities {','.join(have)} (or ingest with a config that includes them)"
         )
+    if baselines and not cohort_task(cfg.cohort).unimodal:
+        raise ConfigError(f"--baselines: a {cfg.cohort.task} model contrasts two or more "
+                          "modalities, so a one-modality baseline cannot be trained; drop "
+                          "--baselines")
     plan_variants(sorted(cohort.mods), fusions, baselines)
     import warnings
 

@@ -373,24 +373,33 @@ def train(
         raise typer.Exit(1)
 
 
-def _variants_table(rows: list[dict[str, Any]], title: str) -> None:
-    from rich.table import Table
+# Summary metrics the train table may show, in order (registry.experiment's records).
+VARIANT_METRICS = ("auroc", "accuracy", "auprc", "brier", "recall@1", "median_rank")
 
-    table = Table(title=title)
-    for col in ("variant", "modalities", "n_test", "auroc", "95% CI", "auprc", "brier",
-                "version"):
-        table.add_column(col)
+
+def _variants_table(rows: list[dict[str, Any]], title: str) -> None:
+    """One row per variant; a metric column only where some variant has that metric (a
+    classifier's AUROC and accuracy with their CIs, a retrieval model's Recall@1)."""
+    from rich.table import Table
 
     def f(v: Any) -> str:
         return "n/a" if v is None or v != v else f"{v:.3f}"
 
+    def with_ci(r: dict[str, Any], k: str) -> str:
+        lo, hi = r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high")
+        return f(r.get(k)) + ("" if lo is None or lo != lo else f" [{f(lo)}–{f(hi)}]")
+
+    metrics = [k for k in VARIANT_METRICS
+               if any(r.get(k) is not None and r.get(k) == r.get(k) for r in rows)]
+    table = Table(title=title)
+    for col in ("variant", "modalities", "n_test", *metrics, "version"):
+        table.add_column(col)
     for r in rows:
         n = r.get("n_test")
         table.add_row(
             str(r.get("variant")), str(r.get("modalities")),
-            "?" if n is None or n != n else str(int(n)), f(r.get("auroc")),
-            f"{f(r.get('auroc_ci_low'))}–{f(r.get('auroc_ci_high'))}", f(r.get("auprc")),
-            f(r.get("brier")), str(r.get("version") or "-"),
+            "?" if n is None or n != n else str(int(n)),
+            *[with_ci(r, k) for k in metrics], str(r.get("version") or "-"),
         )
     Console().print(table)
     for r in rows:  # after the table: the numbers above are not a reliable ranking

@@ -33,6 +33,9 @@ class Task:
     monitor_mode: ClassVar[Literal["max", "min"]] = "max"
     # Outputs are per-row probabilities that batch scoring stores and drift tracks.
     scores: ClassVar[bool] = True
+    # A one-modality model of the task makes sense (``train --baselines``); not for retrieval,
+    # whose loss contrasts two or more towers.
+    unimodal: ClassVar[bool] = True
     # The task reads ``cohort.zero_shot`` (class prompts for zero-shot evaluation).
     zero_shot: ClassVar[bool] = False
 

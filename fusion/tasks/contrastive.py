@@ -63,6 +63,7 @@ class ContrastiveTask(Task):
     head = "contrastive"
     monitor = "recall@1"
     scores = False
+    unimodal = False
     zero_shot = True
 
     def check_cohort(self, cfg: CohortConfig) -> None:

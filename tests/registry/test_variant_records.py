@@ -25,3 +25,10 @@ def test_binary_rows_keep_their_own_auroc() -> None:
                                       "auroc_ci_high": 0.8, "auroc_macro": 0.1})])
     assert (row["auroc"], row["auroc_ci_low"]) == (0.7, 0.6)
     assert row["accuracy_ci_low"] is None
+
+
+def test_retrieval_rows_report_recall_at_1_and_median_rank() -> None:
+    (row,) = _variant_records([_run({"n": 150.0, "recall@1": 0.19, "median_rank": 7.0,
+                                      "recall@5": 0.5})])
+    assert (row["recall@1"], row["median_rank"]) == (0.19, 7.0)
+    assert row["auroc"] is None and row["accuracy"] is None

@@ -2,7 +2,7 @@
 export, top-k neighbours of the scored cohort, resume, PostgreSQL, and the pyfunc outputs.
 
 The model is an untrained contrastive model over two tabular towers (the outputs' shape and
-bookkeeping do not depend on training; tests/e2e/test_retrieval_serving.py trains one).
+bookkeeping do not depend on training; tests/e2e/test_retrieval_digits.py trains one).
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ from fusion.tasks import cohort_task
 from modalities.cohort import CohortConfig
 from modalities.ingest import ingest_manifest
 from scoring import score_cohort, score_into
-from scoring.retrieval import DRIFT_SKIPPED, top_k
+from scoring.retrieval import (
+    DRIFT_SKIPPED,
+    Embeddings,
+    ZeroShotPrompts,
+    top_k,
+    zero_shot_table,
+)
 from scoring.stores import ParquetStore
 from scoring.stores.postgres import TABLE
 from tests.scoring.retrieval_data import cohort_section, write_manifest
@@ -194,3 +200,23 @@ def test_pyfunc_outputs_one_embedding_column_per_tower(retrieval: dict) -> None:
     inp, example = example_io(retrieval["artifact"])  # the signature's source
     assert list(example.columns) == list(out.columns) and list(inp.columns) == ["labs",
                                                                                  "vitals"]
+
+
+def test_zero_shot_table_gives_each_non_text_row_its_nearest_class_prompt() -> None:
+    e = np.eye(3, dtype=np.float32)
+    # towers image, text; rows: p1 image ~ class b, p2 image ~ class a, p3 has no image
+    values = np.full((3, 2, 3), np.nan, np.float32)
+    values[0, 0] = [0.1, 0.9, 0.0]
+    values[1, 0] = [0.8, 0.0, 0.1]
+    values[:, 1] = e  # text rows are never classified
+    emb = Embeddings(["p1", "p2", "p3"], ["h1", "h2", "h3"], ["image", "text"], values)
+    zs = ZeroShotPrompts("text", ["a", "b", "c"], e, scale=10.0)
+    t = zero_shot_table(emb, zs, "m", "1").to_pandas()
+    assert t["patient"].tolist() == ["p1", "p2"] and set(t["tower"]) == {"image"}
+    assert t["prediction"].tolist() == ["b", "a"]
+    unit = values[:2, 0] / np.linalg.norm(values[:2, 0], axis=1, keepdims=True)
+    assert np.allclose(t["similarity"], unit.max(1), atol=1e-6)
+    probs = t[["probability_a", "probability_b", "probability_c"]].to_numpy()
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    expect = np.exp(10 * unit) / np.exp(10 * unit).sum(1, keepdims=True)
+    assert np.allclose(probs, expect, atol=1e-5)

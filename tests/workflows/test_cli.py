@@ -274,3 +274,45 @@ def test_score_against_a_dead_tracking_server_says_so(
     _fails_in_one_line(
         ["score", str(small_prepared), "--out", str(tmp_path / "pred")], "does not answer"
     )
+
+
+def test_train_table_shows_only_the_metrics_some_variant_has(capsys) -> None:
+    from workflows.cli import _variants_table
+
+    _variants_table([{"variant": "concat", "modalities": "image+text", "n_test": 150.0,
+                      "auroc": None, "accuracy": None, "recall@1": 0.187,
+                      "median_rank": 6.0, "version": "1"}], "test metrics")
+    out = capsys.readouterr().out
+    assert "recall@1" in out and "0.187" in out and "median_rank" in out
+    assert "auroc" not in out and "accuracy" not in out
+    _variants_table([{"variant": "concat", "modalities": "ct+note", "n_test": 48.0,
+                      "auroc": 0.9, "auroc_ci_low": 0.8, "auroc_ci_high": 0.97,
+                      "accuracy": 0.85}], "test metrics")
+    out = capsys.readouterr().out
+    assert "0.900 [0.800–0.970]" in out and "recall@1" not in out
+
+
+def test_train_baselines_for_a_retrieval_model_is_one_line_exit_2(tmp_path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from fusion.tasks import cohort_task
+    from modalities.cohort import CohortConfig
+    from modalities.ingest import ingest_manifest
+    from tests.scoring.retrieval_data import cohort_section, write_manifest
+    from workflows.cli import app
+
+    section = cohort_section("retrieval")
+    cfg = CohortConfig.model_validate(section)
+    manifest = write_manifest(tmp_path / "manifest.csv", 30)
+    ingest_manifest(manifest, cfg, tmp_path, tmp_path / "prepared", labels=cohort_task(cfg))
+    recipe = tmp_path / "retrieval.yaml"
+    recipe.write_text(yaml.safe_dump({"base": "tiny", "cohort": section,
+                                      "model": {"head": {"name": "contrastive"}}}))
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "prepared"), "--config", str(recipe),
+                                 "--modalities", "labs,vitals", "--baselines",
+                                 "--workdir", str(tmp_path)])
+    assert r.exit_code == 2, r.output
+    assert "--baselines: a retrieval model contrasts" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists()
