@@ -12,4 +12,5 @@ PY=${PYTHON:-python3}
 export CLINFUSE_PSEUDONYM_KEY="${CLINFUSE_PSEUDONYM_KEY:-ci-test-key-not-a-secret-0123456789}"
 .venv/bin/ruff check .
 .venv/bin/lint-imports  # the package layers (pyproject.toml [tool.importlinter], docs/layers.md)
-exec .venv/bin/python -m pytest -q -m "not gpu" -p no:cacheprovider "$@"
+# --durations: the slowest tests in every log, so CI time is visible where it goes.
+exec .venv/bin/python -m pytest -q -m "not gpu" -p no:cacheprovider --durations=30 "$@"
