@@ -200,7 +200,8 @@ class ContrastiveHead(Head):
     ``pair`` when given, else every modality of the model) are contrasted pairwise; the loss
     is the mean over tower pairs of the symmetric InfoNCE on rows where both are present.
     Outputs: ``logits`` (B, B) of the first pair (row i = tower 0 of sample i against tower 1
-    of every sample), ``embeddings`` (B, T, proj_dim) in sorted tower order. Labels are
+    of every sample), ``embeddings`` (B, T, proj_dim) in sorted tower order and
+    ``tower_present`` (B, T) bool, which rows hold each tower. Labels are
     ignored: the pairing is the supervision.
     """
 
@@ -266,7 +267,11 @@ class ContrastiveHead(Head):
         # Nothing to contrast: keep the graph so the step still works.
         loss = torch.stack(losses).mean() if losses else logits.sum() * 0.0
         embeddings = torch.stack([z[m] for m in self.towers], 1)
-        return {"logits": logits, "loss": loss, "embeddings": embeddings}
+        # Which rows hold each tower (B, T), in ``embeddings``' order: an absent tower's
+        # vector comes from a masked placeholder and means nothing (Task.outputs drops it).
+        tower_present = torch.stack([present[m].bool() for m in self.towers], 1)
+        return {"logits": logits, "loss": loss, "embeddings": embeddings,
+                "tower_present": tower_present}
 
 
 def head_names() -> list[str]:

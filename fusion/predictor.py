@@ -87,9 +87,6 @@ class Predictor:
             with autocast(self.device, True):
                 result = self.model(batch.inputs, batch.present)
             outputs = self.task_rules.outputs(result).float().cpu().numpy()
-            if self.towers is not None:  # embeddings: none for a tower the row lacks
-                for k, t in enumerate(self.towers):
-                    outputs[~batch.present[t].cpu().numpy(), k] = np.nan
         return self.task_rules.fill_missing(outputs, mask, self.prior, np.float32)
 
     def _load_row(self, row: pd.Series, i: int) -> tuple[dict[str, Any], dict[str, str]]:

@@ -89,19 +89,12 @@ class ContrastiveTask(Task):
         raise ConfigError(_NO_SCORES)
 
     def outputs(self, model_out: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """(B, T, D) embeddings, NaN for a tower the row lacks (it was never encoded).
-
-        The head embeds every tower of every row; an absent tower's vector comes from a
-        masked placeholder and means nothing. Towers map to the model's sorted modalities
-        when they are all of them (the default); with a ``towers``/``pair`` subset the
-        vectors are kept as they are (callers mask them with their own presence).
-        """
+        """(B, T, D) embeddings, NaN for a tower the row lacks (it was never encoded: the
+        head's vector for it comes from a masked placeholder). ``tower_present`` is the
+        head's (B, T) mask, in the same tower order, whatever subset the towers are."""
         emb = model_out["embeddings"].float()
-        present = model_out.get("present")
-        if isinstance(present, Mapping) and len(present) == emb.shape[1]:
-            absent = torch.stack([~present[m].bool() for m in sorted(present)], 1)
-            emb = emb.masked_fill(absent.unsqueeze(-1).to(emb.device), float("nan"))
-        return emb
+        absent = ~model_out["tower_present"].bool()
+        return emb.masked_fill(absent.unsqueeze(-1).to(emb.device), float("nan"))
 
     def prior(self, y_train: np.ndarray | None) -> None:
         return None
