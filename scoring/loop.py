@@ -245,7 +245,7 @@ def score_into(
         dim = int(np.shape(predictor.prior)[-1])
         dist, extras = export_retrieval(rows, todo.current, predictor.towers, dim, exports,
                                         top_k, model_name, model_version,
-                                        zero_shot_prompts(predictor))
+                                        zero_shot_prompts(predictor) if exports else None)
         drifted = _presence_only(mods, todo) | {"skipped": DRIFT_SKIPPED}
     else:
         stats = distribution(rows, todo.current, out_cols, predictor.task,
