@@ -37,16 +37,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run every stage on synthetic data; return the per-stage summaries."""
     console = console or Console()
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PREFECT_HOME", str(workdir / ".prefect"))
-    from workflows.prefect_server import ensure_server
-    from workflows.progress import reporter
-
-    ensure_server()  # one local Prefect server for all stages (and later commands)
-    rep = reporter()
     stages = ["synth", "ingest", "re-ingest"] + (["train", "compare", "score"] if train else [])
-    rep.start("demo", "demo stages", len(stages))
+    workdir, rep = _start(workdir, len(stages))
     results: dict[str, Any] = {}
 
     from synth import SynthConfig, synth_cohort
@@ -85,22 +77,9 @@ def run_demo(
     if not train:
         return results
 
-    from workflows.train import train_flow
-
-    tracking = f"sqlite:///{workdir / 'mlflow.db'}"  # absolute path: four slashes in all
-    t0 = time.perf_counter()
-    results["train"] = train_flow(
-        str(prepared), "tiny", DEMO_OVERRIDES, DEMO_FUSIONS, True,
-        "clinfuse-demo", MODEL_NAME, tracking, str(workdir),
-    )
-    rep.update("demo", advance=1, info="train")
-    console.print(f"[green]train[/]    {len(results['train']['variants'])} models "
-                  f"({len(DEMO_FUSIONS)} fusion + {len(DEMO_MODALITIES)} unimodal baselines) "
-                  f"in {time.perf_counter() - t0:.0f}s")
-    _results_table(console, results["train"]["variants"])
-    results["verdict"] = fusion_verdict(results["train"]["variants"])
-    console.print(results["verdict"]["text"], highlight=False, soft_wrap=True)
-    _compare_and_score(console, rep, results, "clinfuse-demo", "test_auroc", MODEL_NAME,
+    tracking = _train(console, rep, results, prepared, workdir, "tiny", DEMO_OVERRIDES,
+                      DEMO_FUSIONS, len(DEMO_MODALITIES), MODEL_NAME, "auroc", "patients")
+    _compare_and_score(console, rep, results, MODEL_NAME, "test_auroc", MODEL_NAME,
                        prepared, workdir, tracking, "patients")
     return results
 
@@ -120,20 +99,12 @@ def run_digits_demo(
     """``clinfuse demo --task digits``: synth -> ingest -> train fusion + baselines ->
     compare -> score on handwritten + spoken digits; return the per-stage summaries."""
     console = console or Console()
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PREFECT_HOME", str(workdir / ".prefect"))
-    from workflows.prefect_server import ensure_server
-    from workflows.progress import reporter
-
-    ensure_server()
+    workdir, rep = _start(workdir, 5)
     import torch
 
     # Tiny inputs and encoders: one intra-op thread is faster than one per core, and far
     # faster on a busy machine (the recipe's train.threads does the same for training).
     torch.set_num_threads(1)
-    rep = reporter()
-    rep.start("demo", "demo stages", 5)
     results: dict[str, Any] = {}
     overrides = list(overrides or [])
 
@@ -159,24 +130,50 @@ def run_digits_demo(
     console.print(f"[green]ingest[/]   {summary['inputs']} inputs: {summary['accepted']} accepted, "
                   f"{summary['quarantined']} quarantined in {time.perf_counter() - t0:.1f}s")
 
-    from workflows.train import train_flow
-
-    tracking = f"sqlite:///{workdir / 'mlflow.db'}"
-    t0 = time.perf_counter()
-    results["train"] = train_flow(
-        str(prepared), "digits", overrides, DIGITS_FUSIONS, True, DIGITS_MODEL, DIGITS_MODEL,
-        tracking, str(workdir),
-    )
-    rep.update("demo", advance=1, info="train")
-    console.print(f"[green]train[/]    {len(results['train']['variants'])} models "
-                  f"({len(DIGITS_FUSIONS)} fusion + {len(DIGITS_MODALITIES)} unimodal baselines) "
-                  f"in {time.perf_counter() - t0:.0f}s")
-    _results_table(console, results["train"]["variants"], "accuracy", "samples")
-    results["verdict"] = fusion_verdict(results["train"]["variants"], "accuracy", "samples")
-    console.print(results["verdict"]["text"], highlight=False, soft_wrap=True)
+    tracking = _train(console, rep, results, prepared, workdir, "digits", overrides,
+                      DIGITS_FUSIONS, len(DIGITS_MODALITIES), DIGITS_MODEL, "accuracy",
+                      "samples")
     _compare_and_score(console, rep, results, DIGITS_MODEL, "test_accuracy", DIGITS_MODEL,
                        prepared, workdir, tracking, "samples")
     return results
+
+
+def _start(workdir: Path, stages: int) -> tuple[Path, Any]:
+    """The demo's work folder (created), its Prefect home, one local Prefect server for all
+    stages (and later commands) and a progress reporter for ``stages`` stages."""
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(workdir / ".prefect"))
+    from workflows.prefect_server import ensure_server
+    from workflows.progress import reporter
+
+    ensure_server()
+    rep = reporter()
+    rep.start("demo", "demo stages", stages)
+    return workdir, rep
+
+
+def _train(
+    console: Console, rep: Any, results: dict[str, Any], prepared: Path, workdir: Path,
+    recipe: str, overrides: list[str], fusions: list[str], n_baselines: int, model: str,
+    metric: str, unit: str,
+) -> str:
+    """Train ``fusions`` + one baseline per modality into the demo's SQLite MLflow store,
+    print the table and the verdict by test ``metric``; return the tracking URI."""
+    from workflows.train import train_flow
+
+    tracking = f"sqlite:///{workdir / 'mlflow.db'}"  # absolute path: four slashes in all
+    t0 = time.perf_counter()
+    results["train"] = train_flow(str(prepared), recipe, overrides, fusions, True, model,
+                                  model, tracking, str(workdir))
+    rep.update("demo", advance=1, info="train")
+    console.print(f"[green]train[/]    {len(results['train']['variants'])} models "
+                  f"({len(fusions)} fusion + {n_baselines} unimodal baselines) "
+                  f"in {time.perf_counter() - t0:.0f}s")
+    _results_table(console, results["train"]["variants"], metric, unit)
+    results["verdict"] = fusion_verdict(results["train"]["variants"], metric, unit)
+    console.print(results["verdict"]["text"], highlight=False, soft_wrap=True)
+    return tracking
 
 
 def _compare_and_score(
