@@ -14,6 +14,8 @@ from modalities.errors import ConfigError
 from workflows.nightly import nightly_flow
 from workflows.score import DB_URL_ENV, _env_var, refuse_credentials, resolve_db_url, score_flow
 
+# what tests/conftest.py gives every ephemeral server (the harness defaults to 30 s)
+STARTUP_TIMEOUT_S = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"))
 CANARY_URL = "postgresql+psycopg2://clinfuse:canary-pw-9d2e@postgres:5432/clinfuse"
 
 
@@ -63,7 +65,8 @@ def test_db_url_from_a_prefect_secret_block() -> None:
     from prefect.blocks.system import Secret
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # the harness's own 30 s start-up limit failed once in CI on 2 busy cores
+    with prefect_test_harness(server_startup_timeout=STARTUP_TIMEOUT_S):
         Secret(value=CANARY_URL).save("clinfuse-db-url")
         assert resolve_db_url(DB_URL_ENV, "clinfuse-db-url") == CANARY_URL
         with pytest.raises(ConfigError, match="not found"):
