@@ -10,9 +10,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "false")
-# CLI subprocesses start their own ephemeral Prefect server (nothing outlives a test); the
-# tests of the shared server opt in with their own PREFECT_HOME and stop it by PID.
-os.environ.setdefault("CLINFUSE_PREFECT_SERVER", "ephemeral")
+# CLI subprocesses run as users run them: one shared Prefect server per PREFECT_HOME (the
+# session's, or a test's own), started by the first command and reused by the next ones.
+# Ephemeral mode cost every CLI call its own server start (10-28 s on 2 cores); each test's
+# servers are stopped by PID when it ends (_stop_prefect_servers_a_test_started).
+os.environ.setdefault("CLINFUSE_PREFECT_SERVER", "shared")
 
 import tempfile
 
@@ -28,11 +30,13 @@ torch.set_num_threads(1)  # tiny models: threads cost more than they give on 2 c
 # Session-scoped (start-up costs ~10 s on 2 cores), stopped by PID at the end; tests isolate
 # themselves by experiment and model names.
 from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 from tests.servers import (  # noqa: E402
     ServerHandle,
+    clinfuse_server_homes,
     postgres_available,
     postgres_database,
     sqlite_uri,
@@ -42,11 +46,27 @@ from tests.servers import (  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_shared_prefect_server_left() -> Iterator[None]:
-    """Safety net: stop a shared Prefect server left under the session's PREFECT_HOME."""
+    """Stop the session's shared Prefect server (and any other clinfuse started) at the end."""
     yield
     from workflows.prefect_server import stop_server
 
     stop_server()
+    for home in clinfuse_server_homes():
+        stop_server(home)
+
+
+@pytest.fixture(autouse=True)
+def _stop_prefect_servers_a_test_started() -> Iterator[None]:
+    """A test's own PREFECT_HOME gets its own shared server: stop it (by PID) when the test
+    ends, so servers do not pile up (~240 MB each) over the session."""
+    before = clinfuse_server_homes() | {Path(os.environ["PREFECT_HOME"])}
+    yield
+    started = clinfuse_server_homes() - before
+    if started:
+        from workflows.prefect_server import stop_server
+
+        for home in started:
+            stop_server(home)
 
 
 @pytest.fixture(scope="session")
