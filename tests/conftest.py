@@ -13,7 +13,7 @@ os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "false")
 # CLI subprocesses run as users run them: one shared Prefect server per PREFECT_HOME (the
 # session's, or a test's own), started by the first command and reused by the next ones.
 # Ephemeral mode cost every CLI call its own server start (10-28 s on 2 cores); each test's
-# servers are stopped by PID when it ends (_stop_prefect_servers_a_test_started).
+# servers are stopped by PID when its module ends (_stop_prefect_servers_a_module_started).
 os.environ.setdefault("CLINFUSE_PREFECT_SERVER", "shared")
 
 import tempfile
@@ -55,10 +55,11 @@ def _no_shared_prefect_server_left() -> Iterator[None]:
         stop_server(home)
 
 
-@pytest.fixture(autouse=True)
-def _stop_prefect_servers_a_test_started() -> Iterator[None]:
+@pytest.fixture(scope="module", autouse=True)
+def _stop_prefect_servers_a_module_started() -> Iterator[None]:
     """A test's own PREFECT_HOME gets its own shared server: stop it (by PID) when the test
-    ends, so servers do not pile up (~240 MB each) over the session."""
+    module ends (module fixtures share homes across tests), so servers do not pile up
+    (~240 MB each) over the session."""
     before = clinfuse_server_homes() | {Path(os.environ["PREFECT_HOME"])}
     yield
     started = clinfuse_server_homes() - before
