@@ -38,6 +38,9 @@ WARNING = "warning"
 # Fewer test patients than this, or a 95% CI wider than this, and a ranking is noise-prone.
 MIN_TEST_PATIENTS = 30
 MAX_CI_WIDTH = 0.3
+# MAX_CI_WIDTH is on the 0-1 scale of rates and AUROC; metrics ending so are counted in
+# ranks (retrieval's median rank: a CI of [3, 5] is not "wide") and are not judged by it.
+RANK_METRICS = ("median_rank",)
 WARNING_TAG = "clinfuse.warning"
 PROMOTION_TAG = "clinfuse.promotion"  # on the promoted version: forced | ci_separated | only_run
 PROMOTION_NOTE_TAG = "clinfuse.promotion_note"  # the comparison that decided it, one line
@@ -73,7 +76,8 @@ def reliability_warnings(
     """Why a run's test numbers are too uncertain to rank on (empty when they are not).
 
     Flags a test set under ``MIN_TEST_PATIENTS`` patients (or an unknown size) and CIs
-    wider than ``MAX_CI_WIDTH``, naming the ``show`` widest.
+    wider than ``MAX_CI_WIDTH``, naming the ``show`` widest (rank metrics,
+    ``RANK_METRICS``, are not on that scale and are skipped).
     """
     out: list[str] = []
     if not _finite(n_test):
@@ -81,7 +85,8 @@ def reliability_warnings(
     elif float(n_test) < MIN_TEST_PATIENTS:
         out.append(f"only {int(n_test)} test patients (< {MIN_TEST_PATIENTS})")
     # rounded so that 0.9 - 0.6 (0.30000000000000004) is not "wider than 0.3"
-    widths = ((round(high - low, 9), name) for name, (low, high) in cis.items())
+    widths = ((round(high - low, 9), name) for name, (low, high) in cis.items()
+              if not name.endswith(RANK_METRICS))
     wide = sorted(((w, name) for w, name in widths if w > MAX_CI_WIDTH), reverse=True)
     if wide:
         names = ", ".join(f"{name} {width:.2f}" for width, name in wide[:show])

@@ -293,7 +293,8 @@ def _promote_challenger(runs: list[VariantRun], register: str | None, uri: str) 
 def _variant_records(runs: list[VariantRun]) -> list[dict[str, Any]]:
     """One summary row per variant (no PHI): names, test metrics with CIs, version."""
     keys = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "accuracy", "accuracy_ci_low",
-            "accuracy_ci_high", "brier", "ece", "recall@1", "median_rank")
+            "accuracy_ci_high", "brier", "ece", "recall@1", "recall@1_ci_low",
+            "recall@1_ci_high", "median_rank", "median_rank_ci_low", "median_rank_ci_high")
 
     def value(m: dict[str, float], k: str) -> Any:
         # Multiclass/multilabel name their AUROC auroc_macro (mean one-vs-rest): report it.

@@ -26,7 +26,9 @@ def _strata(y: np.ndarray, stratified: bool) -> list[np.ndarray]:
     return [np.flatnonzero(y == c) for c in np.unique(y)]
 
 
-def _weights(strata: list[np.ndarray], n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+def resample_weights(
+    strata: list[np.ndarray], n: int, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
     """(n_boot, n) draw counts: each stratum resampled with replacement to its own size."""
     flat = [s[rng.integers(0, s.size, size=(n_boot, s.size))] for s in strata if s.size]
     draws = np.concatenate(flat, axis=1) + (np.arange(n_boot) * n)[:, None]
@@ -61,23 +63,23 @@ def bootstrap_ci(
     chunk = max(1, _CHUNK_CELLS // max(n * (y.shape[1] if y.ndim == 2 else 1), 1))
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, n_boot, chunk):
-        w = _weights(strata, n, min(chunk, n_boot - start), rng)
+        w = resample_weights(strata, n, min(chunk, n_boot - start), rng)
         if batched is not None:
             parts.append(batched(y, p, weights=w))
         else:
             parts.append(_loop(metric_fn, y, p, w))
     values = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
-    out: dict[str, tuple[float, float]] = {}
-    for key, v in values.items():
-        if key in _DESCRIPTIVE:
-            continue
-        v = v[~np.isnan(v)]
-        if v.size < max(1, n_boot // 2):
-            out[key] = (np.nan, np.nan)
-        else:
-            low, high = np.percentile(v, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-            out[key] = (float(low), float(high))
-    return out
+    return {k: percentile_ci(v, n_boot, alpha) for k, v in values.items() if k not in _DESCRIPTIVE}
+
+
+def percentile_ci(values: np.ndarray, n_boot: int, alpha: float) -> tuple[float, float]:
+    """The (alpha/2, 1 - alpha/2) percentiles of one metric over its resamples; NaN values
+    (metric undefined in that resample) are skipped, and fewer than half defined gives NaN."""
+    v = values[~np.isnan(values)]
+    if v.size < max(1, n_boot // 2):
+        return (np.nan, np.nan)
+    low, high = np.percentile(v, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return (float(low), float(high))
 
 
 def _loop(metric_fn: MetricFn, y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict:

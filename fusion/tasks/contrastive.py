@@ -5,7 +5,7 @@ same class. No labels: the pairing of a patient's modalities is the supervision.
 model's output per row is one normalised embedding per tower (``ContrastiveHead``'s
 ``embeddings``); the metrics are Recall@1/5/10 and the median rank of the true partner
 among the held-out split, for every ordered modality pair (image->text, text->image, ...),
-plus their means.
+plus their means, each with a bootstrap CI over queries.
 Early stopping watches the mean Recall@1. With ``cohort.zero_shot`` the label column is
 parsed for zero-shot evaluation only (``fusion.zero_shot``); training never reads it.
 """
@@ -164,7 +164,10 @@ class ContrastiveTask(Task):
         """Recall@K and median rank per ordered tower pair (``fusion.metrics.retrieval``).
 
         ``prob``: (N, T, D) embeddings, towers in sorted order; ``label_names``: the tower
-        names (default: the sorted ``present`` keys). No bootstrap or subgroups.
+        names (default: the sorted ``present`` keys). With ``n_boot > 0`` each Recall@K and
+        median rank gets a ``1 - alpha`` percentile-bootstrap CI over queries (rows resampled,
+        gallery fixed; ``seed``), keys ``<metric>_ci_low/_ci_high`` as for classifiers.
+        No subgroups (``groups`` is ignored): a subgroup's gallery would be a different task.
         """
         emb = np.asarray(prob, dtype=float)
         names = sorted(label_names) if label_names else sorted(present or {})
@@ -174,4 +177,5 @@ class ContrastiveTask(Task):
         pres = {m: (np.asarray(present[m], bool) if present and m in present
                     else np.ones(len(emb), bool)) & ~np.isnan(emb[:, k]).any(1)
                 for k, m in enumerate(names)}
-        return retrieval_metrics({m: emb[:, k] for k, m in enumerate(names)}, pres, RECALL_AT)
+        return retrieval_metrics({m: emb[:, k] for k, m in enumerate(names)}, pres, RECALL_AT,
+                                 n_boot=n_boot, alpha=alpha, seed=seed)

@@ -60,3 +60,116 @@ def test_ranks_reject_mismatched_shapes() -> None:
 
     with pytest.raises(ValueError, match="alike"):
         retrieval_ranks(np.ones((3, 2)), np.ones((4, 2)))
+
+
+# --------------------------------------------------------------- bootstrap CIs over queries
+def _noisy(n: int, noise: float, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = _unit(rng.normal(size=(n, 16)))
+    return {"a": a, "b": _unit(a + noise * rng.normal(size=(n, 16)))}
+
+
+def _all(n: int) -> dict[str, np.ndarray]:
+    return {"a": np.ones(n, bool), "b": np.ones(n, bool)}
+
+
+RETRIEVAL_KEYS = [f"{d}{m}" for d in ("", "a_to_b/", "b_to_a/")
+                  for m in ("recall@1", "recall@5", "recall@10", "median_rank")]
+
+
+def test_every_recall_and_median_rank_ci_contains_its_point_estimate() -> None:
+    m = retrieval_metrics(_noisy(200, 0.5), _all(200), n_boot=1000, seed=0)
+    for key in RETRIEVAL_KEYS:
+        assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"], key
+        assert m[f"{key}_ci_low"] < m[f"{key}_ci_high"], key
+    assert not any(k.startswith(("a/", "b/", "n_")) and "_ci_" in k for k in m)
+
+
+def test_a_perfect_model_has_a_ci_of_one_and_rank_one() -> None:
+    e = _unit(np.random.default_rng(0).normal(size=(50, 8)))
+    m = retrieval_metrics({"a": e, "b": e}, _all(50), n_boot=200)
+    for key in RETRIEVAL_KEYS:
+        assert (m[f"{key}_ci_low"], m[f"{key}_ci_high"]) == (1.0, 1.0), key
+
+
+def _half_right(n: int) -> dict[str, np.ndarray]:
+    """b equals a on the second half of the rows and is noise on the first half: Recall@1
+    stays near 0.5 whatever n (a noise partner rarely tops the gallery)."""
+    rng = np.random.default_rng(n)
+    a = _unit(rng.normal(size=(n, 32)))
+    b = a.copy()
+    b[: n // 2] = _unit(rng.normal(size=(n // 2, 32)))
+    return {"a": a, "b": b}
+
+
+def test_the_ci_narrows_with_more_queries() -> None:
+    def width(n: int) -> float:
+        m = retrieval_metrics(_half_right(n), _all(n), n_boot=500)
+        assert 0.4 < m["recall@1"] < 0.6  # the same task at both sizes
+        return m["recall@1_ci_high"] - m["recall@1_ci_low"]
+
+    assert width(800) < width(50) / 2  # about 1/sqrt(16)
+
+
+def test_the_ci_is_seeded_and_none_without_resamples() -> None:
+    emb, pres = _noisy(120, 0.5), _all(120)
+    first = retrieval_metrics(emb, pres, n_boot=300, seed=3)
+    assert first == retrieval_metrics(emb, pres, n_boot=300, seed=3)
+    other = retrieval_metrics(emb, pres, n_boot=300, seed=4)
+    assert {k: v for k, v in first.items() if "_ci_" in k} != {
+        k: v for k, v in other.items() if "_ci_" in k}
+    plain = retrieval_metrics(emb, pres, n_boot=0)
+    assert not any("_ci_" in k for k in plain)
+    assert {k: v for k, v in first.items() if "_ci_" not in k} == plain
+
+
+def test_the_direction_mean_resamples_patients_once_for_both_directions() -> None:
+    # Both directions are right on the same half of the rows: a resample that draws more of
+    # those rows moves both together, so the mean's CI is as wide as one direction's
+    # (independent draws per direction would narrow it by about 1/sqrt(2)).
+    m = retrieval_metrics(_half_right(100), _all(100), n_boot=2000)
+    mean_w = m["recall@1_ci_high"] - m["recall@1_ci_low"]
+    dir_w = [m[f"{d}/recall@1_ci_high"] - m[f"{d}/recall@1_ci_low"] for d in ("a_to_b", "b_to_a")]
+    assert mean_w > 0.85 * np.mean(dir_w)
+
+
+def test_pairs_with_missing_rows_and_no_rows_get_cis() -> None:
+    emb = _noisy(60, 0.5)
+    emb["c"] = emb["a"].copy()
+    pres = _all(60) | {"c": np.r_[np.zeros(20, bool), np.ones(40, bool)]}
+    m = retrieval_metrics(emb, pres, n_boot=200)
+    assert m["a_to_c/recall@1_ci_low"] == 1.0 and m["a_to_c/median_rank_ci_high"] == 1.0
+    assert m["recall@1_ci_low"] <= m["recall@1"] <= m["recall@1_ci_high"]
+    pres["c"][:] = False  # a tower absent everywhere: its pairs' CIs are NaN, not an error
+    m = retrieval_metrics(emb, pres, n_boot=200)
+    assert np.isnan(m["a_to_c/recall@1_ci_low"]) and not np.isnan(m["recall@1_ci_low"])
+
+
+def test_contrastive_task_passes_the_bootstrap_through() -> None:
+    from fusion.tasks import get_task
+
+    emb = _noisy(80, 0.5)
+    prob = np.stack([emb["a"], emb["b"]], axis=1)  # (N, towers, D), towers sorted
+    task = get_task("retrieval")
+    m = task.evaluate(None, prob, n_boot=200, alpha=0.1, seed=1, label_names=["a", "b"])
+    assert m == retrieval_metrics(emb, _all(80), n_boot=200, alpha=0.1, seed=1)
+    assert "recall@1_ci_low" in m and "b_to_a/median_rank_ci_high" in m
+    assert not any("_ci_" in k for k in task.evaluate(None, prob, n_boot=0, label_names=["a", "b"]))
+
+
+def test_ci_keys_reach_mlflow_and_compare_as_test_recall_at_1() -> None:
+    from registry.compare import ci_pairs, metric_key, reliability_warnings
+    from registry.experiment import _metric_key
+    from registry.tracking import _safe_key
+
+    m = retrieval_metrics(_noisy(200, 0.5), _all(200), n_boot=300)
+    logged = {_safe_key(_metric_key(k)): v for k, v in m.items()}  # what train logs
+    assert metric_key("test_recall@1") == "test_recall_at_1"
+    assert logged["test_recall_at_1_ci_low"] == m["recall@1_ci_low"]
+    cis = ci_pairs(logged, "test_")
+    assert cis["recall_at_1"] == (m["recall@1_ci_low"], m["recall@1_ci_high"])
+    assert cis["a_to_b/recall_at_10"] == (m["a_to_b/recall@10_ci_low"],
+                                          m["a_to_b/recall@10_ci_high"])
+    assert "median_rank" in cis
+    # Rank CIs (in candidates) are not judged against the 0-1 width limit.
+    assert reliability_warnings(200, {k: v for k, v in cis.items() if "median" in k}) == []

@@ -247,6 +247,10 @@ def test_reliability_warnings_thresholds() -> None:
     cis = {"auroc": (0.5, 0.81), "ppv": (0.1, 0.9), "npv": (0.2, 0.6), "f1": (0.1, 0.5)}
     (wide,) = reliability_warnings(100, cis, show=2)
     assert wide == "95% CI wider than 0.3: ppv 0.80, npv 0.40 and 2 more"
+    # retrieval's median rank is counted in candidates: [3, 6] is not a wide CI
+    ranks = {"median_rank": (3.0, 6.0), "a_to_b/median_rank": (2.0, 8.0), "recall_at_1": (
+        0.4, 0.5)}
+    assert reliability_warnings(100, ranks) == []
 
 
 @pytest.mark.parametrize(

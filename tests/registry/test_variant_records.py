@@ -27,8 +27,15 @@ def test_binary_rows_keep_their_own_auroc() -> None:
     assert row["accuracy_ci_low"] is None
 
 
-def test_retrieval_rows_report_recall_at_1_and_median_rank() -> None:
-    (row,) = _variant_records([_run({"n": 150.0, "recall@1": 0.19, "median_rank": 7.0,
-                                      "recall@5": 0.5})])
-    assert (row["recall@1"], row["median_rank"]) == (0.19, 7.0)
+def test_retrieval_rows_report_recall_at_1_and_median_rank_with_cis() -> None:
+    (row,) = _variant_records([_run({
+        "n": 150.0, "recall@1": 0.19, "recall@1_ci_low": 0.14, "recall@1_ci_high": 0.25,
+        "median_rank": 7.0, "median_rank_ci_low": 5.0, "median_rank_ci_high": 9.5,
+        "recall@5": 0.5,
+    })])
+    assert (row["recall@1"], row["recall@1_ci_low"], row["recall@1_ci_high"]) == (0.19, 0.14,
+                                                                               0.25)
+    assert (row["median_rank"], row["median_rank_ci_low"], row["median_rank_ci_high"]) == (
+        7.0, 5.0, 9.5)
     assert row["auroc"] is None and row["accuracy"] is None
+    assert row["warning"] == ""  # a median rank CI 4.5 ranks wide is not "wider than 0.3"

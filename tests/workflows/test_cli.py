@@ -281,9 +281,10 @@ def test_train_table_shows_only_the_metrics_some_variant_has(capsys) -> None:
 
     _variants_table([{"variant": "concat", "modalities": "image+text", "n_test": 150.0,
                       "auroc": None, "accuracy": None, "recall@1": 0.187,
+                      "recall@1_ci_low": 0.13, "recall@1_ci_high": 0.26,
                       "median_rank": 6.0, "version": "1"}], "test metrics")
     out = capsys.readouterr().out
-    assert "recall@1" in out and "0.187" in out and "median_rank" in out
+    assert "recall@1" in out and "0.187 [0.130–0.260]" in out and "median_rank" in out
     assert "auroc" not in out and "accuracy" not in out
     _variants_table([{"variant": "concat", "modalities": "ct+note", "n_test": 48.0,
                       "auroc": 0.9, "auroc_ci_low": 0.8, "auroc_ci_high": 0.97,
