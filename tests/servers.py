@@ -195,28 +195,6 @@ def start_mlflow_server(
     return handle
 
 
-def clinfuse_server_homes() -> set[Path]:
-    """PREFECT_HOMEs whose clinfuse shared Prefect server runs now (read from /proc)."""
-    from workflows.prefect_server import APP, read_state
-
-    homes: set[Path] = set()
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if APP.encode() not in (proc / "cmdline").read_bytes():
-                continue
-            env = dict(
-                item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0")
-                if b"=" in item
-            )
-        except OSError:
-            continue  # gone, or not ours to read
-        home = Path(os.fsdecode(env.get(b"PREFECT_HOME", b"")))
-        state = read_state(home) if home.name else None
-        if state is not None and int(state["pid"]) == int(proc.name):
-            homes.add(home)
-    return homes
-
-
 def sqlite_uri(path: Path) -> str:
     """Absolute SQLite URI (four slashes: ``sqlite:////abs/path``)."""
     return f"sqlite:///{path.resolve()}"

@@ -403,3 +403,28 @@ def test_default_metric_is_the_task_monitored_one_as_mlflow_stores_it(workdir: P
     assert metric_key("test_recall@1") == "test_recall_at_1"
     df = compare_runs("retr", metric_key("test_recall@1"), tracking_uri=uri)
     assert df["test_recall_at_1"].tolist() == [0.9]
+
+
+def test_ci_keys_reach_mlflow_and_compare_as_test_recall_at_1() -> None:
+    import numpy as np
+
+    from fusion.metrics import retrieval_metrics
+    from registry.compare import ci_pairs, metric_key, reliability_warnings
+    from registry.experiment import _metric_key
+    from registry.tracking import _safe_key
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 16))
+    b = a + rng.normal(scale=2.0, size=a.shape)  # a noisy partner: recall well below 1
+    unit = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in {"a": a, "b": b}.items()}
+    m = retrieval_metrics(unit, {"a": np.ones(200, bool), "b": np.ones(200, bool)}, n_boot=300)
+    logged = {_safe_key(_metric_key(k)): v for k, v in m.items()}  # what train logs
+    assert metric_key("test_recall@1") == "test_recall_at_1"
+    assert logged["test_recall_at_1_ci_low"] == m["recall@1_ci_low"]
+    cis = ci_pairs(logged, "test_")
+    assert cis["recall_at_1"] == (m["recall@1_ci_low"], m["recall@1_ci_high"])
+    assert cis["a_to_b/recall_at_10"] == (m["a_to_b/recall@10_ci_low"],
+                                          m["a_to_b/recall@10_ci_high"])
+    assert "median_rank" in cis
+    # Rank CIs (in candidates) are not judged against the 0-1 width limit.
+    assert reliability_warnings(200, {k: v for k, v in cis.items() if "median" in k}) == []
