@@ -12,9 +12,11 @@ Prefect's own ``prefect server start --background`` was not used: it binds one f
 (4200) whatever PREFECT_HOME is, so two homes (parallel test sessions, two users) collide,
 and it records no port to find the server by.
 
+While a command runs, a watchdog thread restarts the server on the same port if it dies
+(the command's Prefect client then reconnects instead of hanging on retries).
+
 Not used when ``PREFECT_API_URL`` is set (a real server, e.g. compose) or when
-``CLINFUSE_PREFECT_SERVER=ephemeral`` (the test suite's default: each CLI subprocess then
-starts and stops its own server, nothing can outlive a test).
+``CLINFUSE_PREFECT_SERVER=ephemeral`` (each command then starts and stops its own server).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -39,6 +42,7 @@ STATE_FILE = "clinfuse-server.json"
 LOCK_FILE = "clinfuse-server.lock"
 LOG_FILE = "clinfuse-server.log"
 APP = "prefect.server.api.server:create_app"
+WATCH_INTERVAL_S = 2.0  # how often a command checks that the shared server still runs
 
 
 class ServerError(ClinfuseError):
@@ -160,9 +164,11 @@ def _spawn(home: Path, port: int) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def _start(home: Path, timeout: float) -> dict[str, Any]:
-    for _ in range(3):  # a port taken between probe and bind: try another
-        port = _free_port()
+def _start(home: Path, timeout: float, port: int | None = None) -> dict[str, Any]:
+    """Spawn a server (on ``port``, else a free one; 3 tries) and record it once healthy."""
+    fixed = port
+    for _ in range(1 if fixed else 3):  # a port taken between probe and bind: try another
+        port = fixed or _free_port()
         proc = _spawn(home, port)
         url = f"http://127.0.0.1:{port}/api"
         deadline = time.monotonic() + timeout
@@ -240,7 +246,40 @@ def ensure_server(timeout: float | None = None) -> str | None:
     finally:
         lock.__exit__(None, None, None)
     os.environ["PREFECT_API_URL"] = state["url"]
+    threading.Thread(
+        target=_watch, args=(home, timeout), name="clinfuse-prefect-watchdog", daemon=True
+    ).start()
     return state["url"]
+
+
+def _watch(home: Path, timeout: float, interval: float = WATCH_INTERVAL_S) -> None:
+    """While this command runs: restart the shared server on its port if it dies.
+
+    A server killed mid-run (OOM, a stray ``kill``) otherwise leaves the command hanging
+    on its Prefect client's retries after the work is done. The restarted server opens the
+    same database and answers at the same URL, so the flow's client carries on. Stops when
+    the server is stopped on purpose (``clinfuse server stop`` removes the state file) or
+    cannot be restarted (then the command's own error says so).
+    """
+    while True:
+        time.sleep(interval)
+        state = read_state(home)
+        if state is None:
+            return
+        pid = int(state["pid"])
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)  # reap it if this command started it
+        if _alive(pid):
+            continue
+        try:
+            with _locked(home):
+                now = read_state(home)
+                if now is None:
+                    return
+                if int(now["pid"]) == pid:  # nobody restarted it yet
+                    _start(home, timeout, port=int(state["port"]))
+        except (OSError, ServerError):
+            return
 
 
 def stop_server(home: Path | None = None) -> dict[str, Any] | None:

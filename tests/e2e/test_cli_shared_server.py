@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -138,3 +140,43 @@ def test_server_stop_stops_it_by_pid(home: Path, tmp_path: Path) -> None:
     assert not _alive(state["pid"]) and read_state(home) is None
     status = json.loads(cli("server", "status", "--json", home=home, cwd=tmp_path).stdout)
     assert status["running"] is False and status["mode"] == "shared"
+
+
+def test_a_server_killed_mid_command_is_restarted_and_the_command_finishes(
+    tmp_path: Path,
+) -> None:
+    """The shared server dies while an ingest runs (OOM, a stray kill): the command's
+    watchdog restarts it on the same port and the flow finishes, recorded as COMPLETED."""
+    synth_cohort(tmp_path / "s", patients=60, seed=6)
+    home = tmp_path / "home"
+    env = {**os.environ, "PREFECT_HOME": str(home), "CLINFUSE_PREFECT_SERVER": "shared"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workflows.cli", "ingest", str(tmp_path / "s" / "manifest.csv"),
+         "--out", str(tmp_path / "prepared"), "--config", "tiny", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while read_state(home) is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        first = read_state(home)
+        assert first is not None, "the command did not start a shared server"
+        time.sleep(2)  # the ingest flow is under way
+        os.kill(first["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    try:
+        assert proc.returncode == 0, err[-3000:]
+        assert json.loads(out)["inputs"] > 60
+        now = read_state(home)
+        assert now is not None and now["pid"] != first["pid"] and now["port"] == first["port"]
+        assert _alive(now["pid"])
+        db = sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True)
+        states = [r[0] for r in db.execute("SELECT state_type FROM flow_run")]
+        db.close()
+        assert states == ["COMPLETED"], states
+    finally:
+        stop_server(home)
