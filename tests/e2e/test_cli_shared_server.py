@@ -180,3 +180,26 @@ def test_a_server_killed_mid_command_is_restarted_and_the_command_finishes(
         assert states == ["COMPLETED"], states
     finally:
         stop_server(home)
+
+
+def test_a_server_stopped_on_purpose_is_not_restarted_by_a_running_command(
+    tmp_path: Path,
+) -> None:
+    """``clinfuse server stop`` while another command runs: its watchdog lets it stay down."""
+    home = tmp_path / "home"
+    env = {**os.environ, "PREFECT_HOME": str(home), "CLINFUSE_PREFECT_SERVER": "shared"}
+    env.pop("PREFECT_API_URL", None)
+    script = ("from workflows.prefect_server import ensure_server\nimport time\n"
+              "ensure_server()\nprint('up', flush=True)\ntime.sleep(8)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        state = stop_server(home)
+        assert state is not None and not _alive(state["pid"])
+        assert proc.wait(timeout=60) == 0  # several watchdog rounds went by
+        assert read_state(home) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop_server(home)
