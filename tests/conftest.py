@@ -81,14 +81,12 @@ def _stop_prefect_servers_a_module_started() -> Iterator[None]:
     """A test's own PREFECT_HOME gets its own shared server: stop it (by PID) when the test
     module ends (module fixtures share homes across tests), so servers do not pile up
     (~240 MB each) over the session."""
+    from workflows.prefect_server import stop_server
+
     before = clinfuse_server_homes() | {Path(os.environ["PREFECT_HOME"])}
     yield
-    started = clinfuse_server_homes() - before
-    if started:
-        from workflows.prefect_server import stop_server
-
-        for home in started:
-            stop_server(home)
+    for home in clinfuse_server_homes() - before:
+        stop_server(home)
 
 
 @pytest.fixture(scope="session")

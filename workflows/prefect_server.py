@@ -164,11 +164,11 @@ def _spawn(home: Path, port: int) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def _start(home: Path, timeout: float, port: int | None = None) -> dict[str, Any]:
-    """Spawn a server (on ``port``, else a free one; 3 tries) and record it once healthy."""
-    fixed = port
-    for _ in range(1 if fixed else 3):  # a port taken between probe and bind: try another
-        port = fixed or _free_port()
+def _start(home: Path, timeout: float, fixed_port: int | None = None) -> dict[str, Any]:
+    """Spawn a server (on ``fixed_port``, else a free one; 3 tries) and record it once
+    healthy."""
+    for _ in range(1 if fixed_port else 3):  # a port taken between probe and bind: retry
+        port = fixed_port or _free_port()
         proc = _spawn(home, port)
         url = f"http://127.0.0.1:{port}/api"
         deadline = time.monotonic() + timeout
@@ -277,7 +277,7 @@ def _watch(home: Path, timeout: float, interval: float = WATCH_INTERVAL_S) -> No
                 if now is None:
                     return
                 if int(now["pid"]) == pid:  # nobody restarted it yet
-                    _start(home, timeout, port=int(state["port"]))
+                    _start(home, timeout, fixed_port=int(state["port"]))
         except (OSError, ServerError):
             return
 
